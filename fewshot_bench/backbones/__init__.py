@@ -1,0 +1,92 @@
+"""Backbones: few-shot classics and any timm model, behind one build path.
+
+>>> model = create_backbone("resnet12")            # (B, 3, H, W) -> (B, 640)
+>>> model = create_backbone("conv4", image_size=32) # out_dim 256
+>>> model = create_backbone("timm:resnet18")        # timm, num_classes=0, out_dim 512
+
+Every model has ``.out_dim`` (feature size D), ``.arch`` (the name it was built from) and
+``forward(x (B, 3, H, W)) -> (B, D)``. ``None`` keyword arguments are dropped (timm habit),
+so CLI defaults never override a model's own. ``image_size`` is accepted by every arch:
+``conv4`` needs it (its flattened output size depends on it), the others ignore it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError, UnknownNameError
+from ..registry import Registry
+
+BACKBONES: Registry = Registry("architecture", flag="--arch")
+
+from . import conv4, resnet12  # noqa: E402, F401  (register themselves)
+from .checkpoint import LoadReport, load_checkpoint, read_checkpoint_meta, save_checkpoint  # noqa: E402
+from .timm_models import TIMM_PREFIX, create_timm  # noqa: E402
+
+__all__ = [
+    "BACKBONES",
+    "LoadReport",
+    "create_backbone",
+    "list_architectures",
+    "load_checkpoint",
+    "read_checkpoint_meta",
+    "save_checkpoint",
+]
+
+
+def create_backbone(arch: str, **kw: Any) -> nn.Module:
+    """Build ``arch`` (``conv4``, ``resnet12`` or ``timm:<name>``) with keyword ``kw``.
+
+    Raises :class:`UnknownNameError` (with close matches) for unknown names and
+    :class:`ConfigError` for keywords the architecture does not take.
+    """
+    if not isinstance(arch, str) or not arch.strip():
+        raise ConfigError(f"--arch must be a non-empty name, got {arch!r}")
+    arch = arch.strip()
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if arch.lower().startswith(TIMM_PREFIX):
+        model = create_timm(arch[len(TIMM_PREFIX) :], **kw)
+        name = TIMM_PREFIX + arch[len(TIMM_PREFIX) :]
+    else:
+        factory = _lookup(arch)
+        name = arch.lower()
+        params = inspect.signature(factory).parameters
+        extra = sorted(set(kw) - set(params))
+        if extra:
+            takes = ", ".join(params) or "nothing"
+            raise ConfigError(f"architecture {name!r} does not take {', '.join(extra)}; it takes {takes}")
+        model = factory(**kw)
+    model.arch = name
+    return model
+
+
+def _lookup(arch: str) -> Any:
+    try:
+        return BACKBONES.get(arch)
+    except UnknownNameError as exc:
+        msg = str(exc)
+    if ":" not in arch:
+        try:
+            import timm
+
+            if timm.is_model(arch):
+                raise UnknownNameError(
+                    f"unknown architecture {arch!r} (--arch); did you mean: {TIMM_PREFIX}{arch}?"
+                ) from None
+        except ImportError:  # pragma: no cover - timm is a dependency
+            pass
+    raise UnknownNameError(f"{msg} (any timm model: --arch {TIMM_PREFIX}<name>)") from None
+
+
+def list_architectures(pattern: str = "*", *, timm_models: bool = False) -> list[str]:
+    """Registered architectures matching ``pattern``; with ``timm_models``, also ``timm:<name>``."""
+    names = BACKBONES.list(pattern)
+    if timm_models:
+        import timm
+
+        pat = pattern[len(TIMM_PREFIX) :] if pattern.lower().startswith(TIMM_PREFIX) else pattern
+        names += [TIMM_PREFIX + n for n in timm.list_models(pat)]
+    return names

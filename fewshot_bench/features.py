@@ -1,0 +1,373 @@
+"""Feature extraction and the on-disk feature cache.
+
+:func:`extract_features` runs a backbone over uint8 images in batches (no grad, eval mode,
+CUDA + AMP when available). :func:`get_features` adds the cache: a second call with the
+same checkpoint bytes, arch, data and transform memory-maps the stored array without
+building the backbone.
+
+Cache entry ``<cache_root>/features/<key>/`` holds ``features.npy`` (``(N, D)`` float32)
+and ``meta.json`` (shape, dtype, sha256 of ``features.npy``, every input of the key, the
+device/AMP used, the package version). Entries appear only by renaming a complete
+temporary folder into place, under a per-key file lock, so an interrupted run (even
+``kill -9``) leaves nothing that passes for complete, and two concurrent runs compute an
+entry once (the second waits, then loads). On every load the shape and checksum are
+verified; a corrupt or truncated entry is rebuilt with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from ._io import atomic_save_npy, atomic_write_json, cache_root, file_lock, sha256_file
+from .backbones import create_backbone, load_checkpoint
+from .errors import CacheError, CheckpointError, ConfigError, DataError
+from .transforms import EvalTransform, get_transform, to_uint8_tensor
+
+__all__ = ["FEATURES_FORMAT", "extract_features", "feature_cache_key", "feature_cache_dir", "get_features"]
+
+FEATURES_FORMAT = 1  # bump when the entry layout or extraction numerics change (part of the key)
+
+
+# ------------------------------------------------------------------------------------ extraction
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {device!r} is not a torch device (use cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _resolve_amp(amp: bool | str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """``None``: bf16 (or fp16) autocast on CUDA, none on CPU; ``False``: none; ``"bf16"``/``"fp16"``."""
+    if amp is None:
+        amp = device.type == "cuda"
+    if amp is False:
+        return None
+    if isinstance(amp, torch.dtype):
+        return amp
+    if amp is True:
+        if device.type != "cuda":
+            return torch.bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
+    if isinstance(amp, str) and amp.lower() in table:
+        return table[amp.lower()]
+    if isinstance(amp, str) and amp.lower() in ("fp32", "float32", "none", "off"):
+        return None
+    raise ConfigError(f"--amp must be bf16, fp16 or off, got {amp!r}")
+
+
+def extract_features(
+    model: nn.Module,
+    images: np.ndarray,
+    transform: str | EvalTransform,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    amp: bool | str | None = None,
+    progress: bool = True,
+    desc: str = "features",
+) -> np.ndarray:
+    """Embed ``images`` with ``model``: uint8 ``(N, H, W, 3)`` → float32 ``(N, D)``.
+
+    Batches of uint8 rows are sliced from ``images`` (a memmap is never loaded whole),
+    moved to ``device`` (pinned, non-blocking on CUDA) and transformed there.
+    ``device=None`` picks CUDA when available; ``amp=None`` autocasts to bf16 (fp16 on GPUs
+    without bf16) on CUDA and runs fp32 on CPU. The model runs in eval mode under
+    ``torch.inference_mode``; its training flag is restored afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    transform = get_transform(transform)
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+    ):
+        what = getattr(images, "dtype", type(images).__name__)
+        shape = tuple(getattr(images, "shape", ()))
+        raise DataError(f"images must be a uint8 numpy array (N, H, W, 3), got {what} {shape}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    dev = _resolve_device(device)
+    amp_dtype = _resolve_amp(amp, dev)
+    n = len(images)
+    was_training = model.training
+    model.eval().to(dev)
+    out: np.ndarray | None = None
+    try:
+        with (
+            torch.inference_mode(),
+            tqdm(total=n, unit="img", desc=desc, disable=not progress, leave=False) as bar,
+        ):
+            for start in range(0, n, int(batch_size)):
+                x = to_uint8_tensor(np.array(images[start : start + int(batch_size)]))  # reads a memmap batch
+                if dev.type == "cuda":
+                    x = x.pin_memory().to(dev, non_blocking=True)
+                x = transform(x)
+                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    y = model(x)
+                if y.ndim != 2 or y.shape[0] != x.shape[0]:
+                    raise ConfigError(
+                        f"backbone {getattr(model, 'arch', type(model).__name__)} returned {tuple(y.shape)} "
+                        f"for a batch of {x.shape[0]}; a backbone must return (B, D) features"
+                    )
+                if out is None:
+                    out = np.empty((n, y.shape[1]), dtype=np.float32)
+                out[start : start + len(y)] = y.float().cpu().numpy()
+                bar.update(len(y))
+    finally:
+        model.train(was_training)
+    if out is None:  # no images: D from the model if it says
+        out = np.empty((0, int(getattr(model, "out_dim", 0))), dtype=np.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------------ cache keys
+
+_CKPT_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file, memoised per (path, size, mtime) within the process."""
+    p = Path(checkpoint)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {p} not found; check --checkpoint") from None
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a directory; pass the .pt/.pth file inside it")
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _CKPT_HASHES:
+        _CKPT_HASHES[memo] = sha256_file(p)
+    return _CKPT_HASHES[memo]
+
+
+def _key_fields(
+    checkpoint: Any, arch: str, split: Any, transform: EvalTransform, seed: int, arch_kwargs: Mapping | None
+) -> dict:
+    for attr in ("dataset", "split", "fingerprint", "images"):
+        if not hasattr(split, attr):
+            raise ConfigError(f"split object lacks .{attr}; pass a fewshot_bench.data.Split")
+    return {
+        "format": FEATURES_FORMAT,
+        "checkpoint": f"sha256:{_checkpoint_sha256(checkpoint)}"
+        if checkpoint is not None
+        else f"random-init:{int(seed)}",
+        "arch": arch.strip(),
+        "arch_kwargs": {k: v for k, v in sorted((arch_kwargs or {}).items()) if v is not None},
+        "dataset": str(split.dataset),
+        "split": str(split.split),
+        "data_fingerprint": str(split.fingerprint),
+        "transform": transform.key,
+    }
+
+
+def _digest(fields: Mapping) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def feature_cache_key(
+    checkpoint: str | os.PathLike | None,
+    arch: str,
+    split: Any,
+    transform: str | EvalTransform,
+    *,
+    seed: int = 0,
+    arch_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+    """Hex sha256 naming the cache entry: checkpoint bytes (or ``random-init:<seed>``) × arch
+    (× ``arch_kwargs``) × dataset × split × data fingerprint × ``transform.key``."""
+    return _digest(_key_fields(checkpoint, arch, split, get_transform(transform), seed, arch_kwargs))
+
+
+def feature_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``<cache_root>/features``."""
+    return cache_root(cache_dir) / "features"
+
+
+# ------------------------------------------------------------------------------------ the cache
+
+
+def _load_entry(entry: Path, key: str, n_rows: int, *, verify: bool = True) -> np.ndarray:
+    """Memory-map a complete entry; raise CacheError saying why it is unusable."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except FileNotFoundError:
+        raise CacheError(f"{entry}: meta.json is missing") from None
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{entry}: meta.json is unreadable ({exc})") from None
+    npy = entry / "features.npy"
+    if meta.get("key") != key or meta.get("format") != FEATURES_FORMAT:
+        raise CacheError(f"{entry}: meta.json belongs to another key or format")
+    shape = tuple(meta.get("shape") or ())
+    if len(shape) != 2 or shape[0] != n_rows:
+        raise CacheError(f"{entry}: recorded shape {shape} does not fit {n_rows} images")
+    if verify:
+        try:
+            digest = sha256_file(npy)
+        except FileNotFoundError:
+            raise CacheError(f"{entry}: features.npy is missing") from None
+        if digest != meta.get("sha256"):
+            raise CacheError(f"{entry}: features.npy checksum mismatch (corrupt or truncated)")
+    try:
+        arr = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{entry}: features.npy is unreadable ({exc})") from None
+    if arr.shape != shape or arr.dtype != np.float32:
+        raise CacheError(f"{entry}: features.npy is {arr.dtype} {arr.shape}, meta says float32 {shape}")
+    return arr
+
+
+def _discard(path: Path) -> None:
+    """Rename ``path`` aside (atomic), then delete it."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def get_features(
+    checkpoint: str | os.PathLike | None,
+    arch: str,
+    split: Any,
+    transform: str | EvalTransform,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+    seed: int = 0,
+    amp: bool | str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    verify: bool = True,
+) -> np.ndarray:
+    """Features ``(N, D)`` float32 of ``split.images``, from the cache when possible.
+
+    Parameters
+    ----------
+    checkpoint: weights file, or ``None`` for a randomly initialised backbone (seeded by ``seed``).
+    arch: ``conv4``, ``resnet12``, ``timm:<name>``; built with ``image_size`` = the transform's
+        output side (the images' side for ``size=None`` transforms such as ``unit``) plus ``arch_kwargs``.
+    split: a ``Split`` (uses ``dataset``, ``split``, ``images``, ``fingerprint`` only).
+    transform: preset name or :class:`EvalTransform`.
+    verify: check the sha256 of a cached array before use (reads the file once).
+
+    Returns a read-only memory-mapped array (rows in the split's order; labels are
+    ``split.labels``). Raises :class:`CheckpointError` if the checkpoint does not fit
+    ``arch`` or yields non-finite features (nothing is cached then).
+    """
+    transform = get_transform(transform)
+    fields = _key_fields(checkpoint, arch, split, transform, seed, arch_kwargs)
+    key = _digest(fields)
+    root = feature_cache_dir(cache_dir)
+    entry = root / key
+    n_rows = len(split.images)
+
+    if (entry / "meta.json").exists():  # fast path, no lock
+        try:
+            return _load_entry(entry, key, n_rows, verify=verify)
+        except CacheError:
+            pass  # re-checked (and reported) under the lock: another process may be replacing it
+
+    with file_lock(root / ".locks" / f"{key}.lock"):
+        if entry.exists():
+            try:
+                return _load_entry(entry, key, n_rows, verify=verify)
+            except CacheError as exc:
+                warnings.warn(
+                    f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=2
+                )
+                _discard(entry)
+        for stale in root.glob(f".tmp-{key}-*"):  # left by an interrupted run; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+
+        feats, run_info = _compute(
+            checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress
+        )
+
+        tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir(parents=True)
+            atomic_save_npy(tmp / "features.npy", feats)
+            meta = {
+                **fields,
+                "key": key,
+                "shape": list(feats.shape),
+                "dtype": "float32",
+                "sha256": sha256_file(tmp / "features.npy"),
+                "checkpoint_path": None if checkpoint is None else str(checkpoint),
+                "fewshot_bench_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **run_info,
+            }
+            atomic_write_json(tmp / "meta.json", meta)
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return _load_entry(entry, key, n_rows, verify=False)
+
+
+def _compute(
+    checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress
+):
+    """Build the backbone (seeded; checkpoint loaded strictly), extract, check finiteness."""
+    side = transform.size or int(split.images.shape[1])  # size=None transforms keep the input side
+    kw = {"image_size": side, **dict(arch_kwargs or {})}
+    with torch.random.fork_rng(devices=[]):  # random init from `seed`, global RNG untouched
+        torch.manual_seed(int(seed))
+        model = create_backbone(arch, **kw)
+    report = load_checkpoint(checkpoint, model) if checkpoint is not None else None
+    dev = _resolve_device(device)
+    amp_dtype = _resolve_amp(amp, dev)
+    feats = extract_features(
+        model,
+        np.asarray(split.images),
+        transform,
+        batch_size=batch_size,
+        device=dev,
+        amp=amp_dtype or False,
+        progress=progress,
+        desc=f"{split.dataset}/{split.split}",
+    )
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        src = checkpoint if checkpoint is not None else f"random-init:{seed}"
+        raise CheckpointError(
+            f"checkpoint {src} (--arch {arch}) gives NaN/Inf features for {int(bad.sum())} of {len(feats)} "
+            f"{split.dataset}/{split.split} images; the weights may have diverged, or the transform is wrong"
+        )
+    info = {"device": str(dev), "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", "")}
+    if report is not None:
+        info["load_report"] = report.summary()
+    return feats, info
