@@ -33,6 +33,15 @@ __all__ = [
 _CHUNK = 1 << 20
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what open() would give; mkstemp alone gives 0600
+
+
 def cache_root(override: str | os.PathLike | None = None) -> Path:
     """The cache folder: ``override``, else ``$FEWSHOT_BENCH_CACHE``, else ``~/.cache/fewshot-bench``."""
     if override:
@@ -67,6 +76,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()

@@ -176,7 +176,6 @@ _preset(EvalTransform("metaoptnet-mini", 84, mean=METAOPTNET_MINI_MEAN, std=META
 _preset(EvalTransform("imagenet-84", 84, resize=96, crop=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 _preset(EvalTransform("imagenet-224", 224, resize=256, crop=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 _preset(EvalTransform("unit", None))
-_preset(EvalTransform("digits", 32, resize=32, crop=True))
 
 
 def get_transform(name_or_obj: str | EvalTransform) -> EvalTransform:

@@ -29,6 +29,7 @@ from .timm_models import TIMM_PREFIX, create_timm  # noqa: E402
 __all__ = [
     "BACKBONES",
     "LoadReport",
+    "check_arch",
     "create_backbone",
     "list_architectures",
     "load_checkpoint",
@@ -61,6 +62,25 @@ def create_backbone(arch: str, **kw: Any) -> nn.Module:
         model = factory(**kw)
     model.arch = name
     return model
+
+
+def check_arch(arch: str) -> str:
+    """Validate an ``--arch`` name without building it; returns the canonical name.
+
+    Raises :class:`UnknownNameError` with close matches (also for unknown timm models).
+    """
+    if not isinstance(arch, str) or not arch.strip():
+        raise ConfigError(f"--arch must be a non-empty name, got {arch!r}")
+    arch = arch.strip()
+    if arch.lower().startswith(TIMM_PREFIX):
+        import timm
+
+        name = arch[len(TIMM_PREFIX) :]
+        if not timm.is_model(name):
+            create_timm(name)  # raises UnknownNameError with close timm names
+        return TIMM_PREFIX + name
+    _lookup(arch)
+    return arch.lower()
 
 
 def _lookup(arch: str) -> Any:

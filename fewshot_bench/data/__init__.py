@@ -136,7 +136,7 @@ def describe_datasets(data_root: str | os.PathLike | None = None) -> str:
     lines = []
     for row in supported():
         n = row["n_classes"]
-        classes = "/".join(str(n[s]) for s in SPLITS) + " classes" if n else "any classes"
+        classes = "/".join(str(n.get(s, 0)) for s in SPLITS) + " classes" if n else "any classes"
         size = f"{row['image_size']} px" if row["image_size"] else ""
         lines.append(
             f"{row['name']:<15} {row['display']:<15} {classes:<20} {size:<7} eval {row['eval_transform']}"

@@ -1,0 +1,242 @@
+"""Benchmark a checkpoint end to end and write a run folder.
+
+    data split -> fixed episode set -> cached features -> method scores -> per-episode
+    accuracies -> mean ± CI
+
+:func:`run_benchmark` does the work and returns a :class:`RunResult`;
+:func:`write_run` writes ``per_episode.csv``, ``summary.json`` and ``summary.csv``
+(format in ``ARCHITECTURE.md``); :func:`format_summary` renders the readable table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from ._io import atomic_write, atomic_write_json, sha256_file
+from .episodes import EpisodeSpec, resolve_episode_set
+from .errors import ConfigError
+from .evaluate import evaluate_episodes
+from .stats import mean_ci
+
+__all__ = ["EvalConfig", "RUN_FORMAT_VERSION", "RunResult", "format_summary", "run_benchmark", "write_run"]
+
+RUN_FORMAT_VERSION = 1
+PER_EPISODE_COLUMNS = ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
+
+
+@dataclass
+class EvalConfig:
+    """Everything that defines an evaluation run (recorded verbatim in ``summary.json``)."""
+
+    checkpoint: str | None
+    arch: str
+    datasets: Sequence[str]
+    data_root: str | None = None
+    split: str = "test"
+    ways: int = 5
+    shots: Sequence[int] = (1, 5)
+    queries: int = 15
+    episodes: int = 3000
+    seed: int = 0
+    methods: Sequence[str] = ("protonet",)
+    method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    transform: str | None = None
+    image_size: int | None = None
+    cache_dir: str | None = None
+    episodes_dir: str = "episodes"
+    device: str | None = None
+    batch_size: int = 256
+    ci_method: str = "t"
+    progress: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["shots"], d["datasets"], d["methods"] = list(self.shots), list(self.datasets), list(self.methods)
+        d["method_params"] = {k: dict(v) for k, v in self.method_params.items()}
+        return d
+
+
+@dataclass
+class RunResult:
+    per_episode: pd.DataFrame
+    summary: dict[str, Any]
+
+
+SplitLoader = Callable[[str, str], Any]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "fewshot-bench": __version__}
+    for name in ("torch", "torchvision", "timm", "numpy", "scipy", "pandas", "scikit-learn"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _default_loader(cfg: EvalConfig) -> SplitLoader:
+    from .data import load_split
+
+    def load(dataset: str, split: str):
+        return load_split(dataset, split, cfg.data_root, cache_dir=cfg.cache_dir, image_size=cfg.image_size,
+                          progress=cfg.progress)
+
+    return load
+
+
+def _transform_for(cfg: EvalConfig, dataset: str):
+    from .data import DATASETS
+    from .transforms import get_transform
+
+    if cfg.transform:
+        return get_transform(cfg.transform)
+    return get_transform(DATASETS.get(dataset).eval_transform)
+
+
+def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, transform=None,
+                  log: Callable[[str], None] = print) -> RunResult:
+    """Evaluate ``cfg.methods`` on every dataset × shots of ``cfg`` and collect the results.
+
+    ``load_split(dataset, split) -> Split`` replaces the on-disk loaders (the demo passes
+    its in-memory digits); ``transform`` overrides the per-dataset eval transform.
+    """
+    from .features import get_features
+    from .methods import create as create_method
+    from .methods import get_method_class
+
+    if cfg.ci_method not in ("t", "normal"):
+        raise ConfigError(f"--ci must be 't' or 'normal', got {cfg.ci_method!r}")
+    if not cfg.datasets:
+        raise ConfigError("--dataset needs at least one dataset name; see `fewshot-bench datasets`")
+    if not cfg.methods:
+        raise ConfigError("--methods needs at least one method name; see `fewshot-bench methods`")
+    from .backbones import check_arch
+
+    check_arch(cfg.arch)  # fail on a typo before any data is decoded
+    specs = [EpisodeSpec(cfg.ways, k, cfg.queries, cfg.episodes, cfg.seed) for k in cfg.shots]
+    load = load_split or _default_loader(cfg)
+    method_classes = {name: get_method_class(name) for name in cfg.methods}  # unknown names fail here
+    unused = sorted(set(cfg.method_params) - set(method_classes))
+    if unused:
+        raise ConfigError(f"--param given for {', '.join(unused)}, which is not among --methods "
+                          f"{' '.join(cfg.methods)}")
+    needs_base = {name for name, cls in method_classes.items() if getattr(cls, "needs_base_mean", False)}
+    checkpoint_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
+
+    def features_of(split, tf):
+        return get_features(cfg.checkpoint, cfg.arch, split, tf, cache_dir=cfg.cache_dir, device=cfg.device,
+                            batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed)
+
+    frames, results, episode_files = [], [], []
+    for dataset in cfg.datasets:
+        split = load(dataset, cfg.split)
+        tf = transform if transform is not None else _transform_for(cfg, dataset)
+        feats = features_of(split, tf)
+        base_mean = None
+        if needs_base:  # SimpleShot-style methods centre on the mean feature of the base (train) split
+            base_mean = np.asarray(features_of(load(dataset, "train"), tf), dtype=np.float64).mean(0)
+        methods = {name: create_method(name, **dict(cfg.method_params.get(name, {})),
+                                       **({"base_mean": base_mean} if name in needs_base else {}))
+                   for name in cfg.methods}
+        for spec in specs:
+            eps, created = resolve_episode_set(spec, split, cfg.episodes_dir)
+            if created:
+                log(f"wrote episode file {eps.path} ({spec.n_episodes} episodes drawn with seed {spec.seed})")
+            eps_sha = eps.sha256()
+            episode_files.append({"dataset": dataset, "split": cfg.split, "ways": spec.ways, "shots": spec.shots,
+                                  "queries": spec.queries, "n_episodes": spec.n_episodes, "seed": spec.seed,
+                                  "file": str(eps.path), "sha256": eps_sha,
+                                  "data_fingerprint": split.fingerprint})
+            for name, method in methods.items():
+                acc = evaluate_episodes(feats, eps, split, method, device=cfg.device, progress=cfg.progress,
+                                        desc=f"{dataset} {spec.shots}-shot {name}")
+                ci = mean_ci(acc, level=0.95, method=cfg.ci_method)
+                frames.append(pd.DataFrame({"dataset": dataset, "split": cfg.split, "ways": spec.ways,
+                                            "shots": spec.shots, "queries": spec.queries, "method": name,
+                                            "episode": np.arange(len(acc)), "accuracy": acc}))
+                params = {k: v for k, v in getattr(method, "params", {}).items() if k != "base_mean"}
+                results.append({"dataset": dataset, "split": cfg.split, "ways": spec.ways, "shots": spec.shots,
+                                "queries": spec.queries, "method": name, "method_params": _plain(params),
+                                "transductive": bool(getattr(method, "transductive", False)),
+                                "mean": ci.mean, "std": ci.std, "ci95": ci.ci, "ci_method": ci.method,
+                                "n_episodes": ci.n, "episodes_sha256": eps_sha})
+    meta = {}
+    if cfg.checkpoint:
+        from .backbones import read_checkpoint_meta
+
+        meta = read_checkpoint_meta(cfg.checkpoint)
+    summary = {
+        "format": "fewshot-bench-run",
+        "format_version": RUN_FORMAT_VERSION,
+        "fewshot_bench_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_json(),
+        "checkpoint": {"path": cfg.checkpoint, "sha256": checkpoint_sha, "arch": cfg.arch, "meta": _plain(meta)},
+        "packages": package_versions(),
+        "episode_files": episode_files,
+        "results": results,
+    }
+    return RunResult(pd.concat(frames, ignore_index=True)[PER_EPISODE_COLUMNS], summary)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-friendly copy (numpy scalars/arrays to Python)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per dataset × split × shots × method with mean/ci95/std in percent."""
+    df = pd.DataFrame(summary["results"])
+    cols = ["dataset", "split", "ways", "shots", "queries", "method", "mean", "ci95", "std", "n_episodes",
+            "ci_method", "transductive"]
+    return df[cols]
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """Readable table: accuracy in percent as ``mean ± ci95``."""
+    df = summary_frame(summary).copy()
+    df["accuracy (%)"] = [f"{100 * m:.2f} ± {100 * c:.2f}" for m, c in zip(df["mean"], df["ci95"])]
+    df["task"] = [f"{w}-way {k}-shot" for w, k in zip(df["ways"], df["shots"])]
+    out = df[["dataset", "split", "task", "method", "accuracy (%)", "n_episodes"]]
+    out = out.rename(columns={"n_episodes": "episodes"})
+    ci = df["ci_method"].iloc[0] if len(df) else "t"
+    note = f"mean ± 95% CI ({'t-interval' if ci == 't' else 'normal'}) over {int(df['n_episodes'].max())} episodes"
+    return out.to_string(index=False) + "\n" + note
+
+
+def write_run(out_dir: str | Path, result: RunResult) -> dict[str, Path]:
+    """Write ``per_episode.csv``, ``summary.json`` and ``summary.csv`` atomically into ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder; choose another path")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"per_episode": out / "per_episode.csv", "summary": out / "summary.json",
+             "summary_csv": out / "summary.csv"}
+    with atomic_write(paths["per_episode"], "w") as f:
+        result.per_episode.to_csv(f, index=False, lineterminator="\n")  # repr floats: exact round trip
+    with atomic_write(paths["summary_csv"], "w") as f:
+        summary_frame(result.summary).to_csv(f, index=False, lineterminator="\n")
+    atomic_write_json(paths["summary"], result.summary)
+    return paths

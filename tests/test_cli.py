@@ -1,0 +1,232 @@
+"""The whole CLI path on tiny synthetic files in the real on-disk formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+
+import fewshot_bench.backbones as backbones
+from fewshot_bench.backbones import create_backbone, save_checkpoint
+from fewshot_bench.cli import main
+from fewshot_bench.episodes import EpisodeSet, EpisodeSpec, default_filename
+
+from . import synth
+
+
+@pytest.fixture()
+def env(tmp_path):
+    """CIFAR-FS MetaOptNet pickles (train + test, 3 images per class) and a Conv-4 checkpoint."""
+    data = tmp_path / "data"
+    synth.write_cifar_pickle(data, "cifar-fs", splits=("train", "test"))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "conv4.pt", create_backbone("conv4", image_size=32),
+                           {"loss": "ce", "dataset": "cifar-fs"})
+    return {"root": tmp_path, "data": data, "ckpt": ckpt, "cache": tmp_path / "cache",
+            "episodes": tmp_path / "episodes"}
+
+
+def _eval(env, out, *extra):
+    return main(["eval", "--checkpoint", str(env["ckpt"]), "--arch", "conv4", "--dataset", "cifar-fs",
+                 "--data-root", str(env["data"]), "--ways", "5", "--shots", "1", "2", "--queries", "1",
+                 "--episodes", "40", "--cache-dir", str(env["cache"]), "--episodes-dir", str(env["episodes"]),
+                 "--out", str(out), *extra])
+
+
+def _one_line_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1, err
+    for frag in fragments:
+        assert frag in lines[0], lines[0]
+    return lines[0]
+
+
+def test_eval_writes_run_folder_and_matches_scipy(env, capsys):
+    run = env["root"] / "run"
+    assert _eval(env, run, "--methods", "protonet", "simpleshot") == 0
+    out = capsys.readouterr().out
+    assert "protonet" in out and "simpleshot" in out and "5-way 2-shot" in out
+    df = pd.read_csv(run / "per_episode.csv")
+    assert list(df.columns[:8]) == ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
+    assert len(df) == 2 * 2 * 40 and df["accuracy"].between(0, 1).all()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["checkpoint"]["sha256"] and summary["checkpoint"]["meta"]["loss"] == "ce"
+    assert {e["shots"] for e in summary["episode_files"]} == {1, 2}
+    assert summary["config"]["episodes"] == 40 and "torch" in summary["packages"]
+    for r in summary["results"]:
+        acc = df[(df.shots == r["shots"]) & (df.method == r["method"])]["accuracy"].to_numpy()
+        lo, hi = scipy.stats.t.interval(0.95, len(acc) - 1, loc=acc.mean(), scale=scipy.stats.sem(acc))
+        assert r["mean"] == pytest.approx(acc.mean(), abs=1e-12)
+        assert r["ci95"] == pytest.approx((hi - lo) / 2, abs=1e-12)
+        assert r["std"] == pytest.approx(acc.std(ddof=1), abs=1e-12)
+        assert r["n_episodes"] == 40 and r["ci_method"] == "t" and r["transductive"] is False
+    # the episode files record the data they were drawn from
+    eps = EpisodeSet.load(env["episodes"] / default_filename("cifar-fs", "test", EpisodeSpec(5, 1, 1, 40, 0)))
+    assert eps.data_fingerprint is not None and eps.sha256() == summary["episode_files"][0]["sha256"]
+
+
+def test_second_eval_is_bit_identical_and_skips_the_backbone(env, capsys, monkeypatch):
+    assert _eval(env, env["root"] / "a") == 0
+    monkeypatch.setattr(backbones, "create_backbone", lambda *a, **k: pytest.fail("backbone was rebuilt"))
+    import fewshot_bench.features as features
+    monkeypatch.setattr(features, "create_backbone", lambda *a, **k: pytest.fail("backbone was rebuilt"),
+                        raising=False)
+    assert _eval(env, env["root"] / "b") == 0
+    a = (env["root"] / "a" / "per_episode.csv").read_bytes()
+    assert a == (env["root"] / "b" / "per_episode.csv").read_bytes()
+    ra = json.loads((env["root"] / "a" / "summary.json").read_text())["results"]
+    rb = json.loads((env["root"] / "b" / "summary.json").read_text())["results"]
+    assert ra == rb
+
+
+def test_episodes_command_is_byte_stable_and_needs_no_data(tmp_path, capsys):
+    args = ["episodes", "--dataset", "cifar-fs", "--split", "test", "--shots", "1", "--episodes", "50"]
+    assert main([*args, "--out-dir", str(tmp_path / "a")]) == 0
+    assert main([*args, "--out-dir", str(tmp_path / "b")]) == 0
+    name = default_filename("cifar-fs", "test", EpisodeSpec(5, 1, 15, 50, 0))
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    eps = EpisodeSet.load(tmp_path / "a" / name)
+    assert eps.data_fingerprint is None and eps.class_sizes == (600,) * 20
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+@pytest.mark.parametrize("split", ["val", "test"])
+@pytest.mark.parametrize("dataset", ["cifar-fs", "fc100", "miniimagenet"])
+def test_shipped_episode_files_are_the_canonical_draws(dataset, split, shots, request):
+    """The files in episodes/ are exactly what `fewshot-bench episodes` regenerates."""
+    shipped = request.config.rootpath / "episodes" / default_filename(dataset, split, EpisodeSpec(shots=shots))
+    assert shipped.is_file(), f"{shipped.name} is no longer shipped in episodes/"
+    from fewshot_bench.data import class_structure
+
+    names, sizes = class_structure(dataset, split)
+    fresh = EpisodeSet.draw(EpisodeSpec(shots=shots), dataset=dataset, split=split, class_names=names,
+                            class_sizes=sizes)
+    assert fresh.to_bytes() == shipped.read_bytes()
+
+
+def test_datasets_lists_what_is_found(env, capsys):
+    assert main(["datasets", "--data-root", str(env["data"])]) == 0
+    out = capsys.readouterr().out
+    assert "cifar-fs" in out and "metaoptnet-pickle" in out and "train, test" in out
+
+
+def test_methods_lists_registry(capsys):
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {"protonet", "simpleshot", "logistic"} <= {r["name"] for r in rows}
+
+
+def test_prepare_then_eval_from_raw_cifar100(tmp_path, capsys):
+    raw = synth.write_cifar100_raw(tmp_path / "raw")
+    assert main(["prepare", "fc100", "--cifar100", str(raw), "--out", str(tmp_path / "fc100")]) == 0
+    assert (tmp_path / "fc100" / "FC100_test.pickle").is_file()
+    rc = main(["eval", "--checkpoint", "none", "--arch", "conv4", "--dataset", "fc100", "--data-root",
+               str(tmp_path / "fc100"), "--shots", "1", "--queries", "1", "--episodes", "10", "--cache-dir",
+               str(tmp_path / "cache"), "--episodes-dir", str(tmp_path / "eps"), "--out", str(tmp_path / "run")])
+    assert rc == 0, capsys.readouterr().err
+
+
+def test_finetune_extract_eval_compare_table(tmp_path, capsys):
+    data = synth.write_image_folder(tmp_path / "folder", style="split-folders", per_class=4)
+    common = ["--dataset", "image-folder", "--data-root", str(data), "--image-size", "16",
+              "--cache-dir", str(tmp_path / "cache")]
+    for loss in ("ce", "clce"):
+        rc = main(["finetune", "--arch", "conv4", *common, "--loss", loss, "--epochs", "1", "--batch-size", "4",
+                   "--transform", "unit", "--out", str(tmp_path / f"{loss}.pt")])
+        assert rc == 0, capsys.readouterr().err
+    assert torch.load(tmp_path / "clce.pt", weights_only=True)["fewshot_bench"]["loss"] == "clce"
+    assert main(["extract", "--checkpoint", str(tmp_path / "ce.pt"), "--arch", "conv4", *common[:2],
+                 *common[2:], "--transform", "unit", "--split", "test"]) == 0
+    assert "features" in capsys.readouterr().out
+    runs = []
+    for loss in ("ce", "clce"):
+        runs.append(str(tmp_path / f"run-{loss}"))
+        rc = main(["eval", "--checkpoint", str(tmp_path / f"{loss}.pt"), "--arch", "conv4", *common,
+                   "--transform", "unit", "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "30",
+                   "--episodes-dir", str(tmp_path / "eps"), "--methods", "protonet", "logistic",
+                   "--out", runs[-1]])
+        assert rc == 0, capsys.readouterr().err
+    assert main(["compare", *runs]) == 0
+    assert (tmp_path / "run-ce" / "compare.json").is_file()
+    assert main(["table", *runs, "--format", "markdown", "--baseline", runs[0]]) == 0
+    table = capsys.readouterr().out
+    assert "±" in table and "1-shot" in table
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--data-root", "{root}/missing"], ["--data-root", "does not exist"]),
+    (["--dataset", "cifar-fss"], ["unknown dataset 'cifar-fss'", "did you mean: cifar-fs"]),
+    (["--methods", "protonett"], ["unknown method 'protonett'", "protonet"]),
+    (["--arch", "resnet13"], ["unknown architecture 'resnet13'", "resnet12"]),
+    (["--ways", "30"], ["--ways 30 is more than the 20 classes"]),
+    (["--queries", "5"], ["--shots 1 + --queries 5 = 6 images per class", "has 3"]),
+    (["--param", "protonet"], ["--param 'protonet' is not METHOD.NAME=VALUE"]),
+    (["--checkpoint", "{root}/nope.pt"], ["--checkpoint", "does not exist"]),
+])
+def test_user_errors_are_one_line(env, capsys, argv, fragments):
+    base = {"--checkpoint": str(env["ckpt"]), "--arch": "conv4", "--dataset": "cifar-fs",
+            "--data-root": str(env["data"]), "--shots": "1", "--queries": "1", "--episodes": "5",
+            "--cache-dir": str(env["cache"]), "--episodes-dir": str(env["episodes"]),
+            "--out": str(env["root"] / "run")}
+    extra = [a.format(root=env["root"]) for a in argv]
+    for flag in extra[::2]:
+        base.pop(flag, None)
+    args = ["eval", *[x for kv in base.items() for x in kv], *extra]
+    assert main(args) == 1
+    _one_line_error(capsys, *fragments)
+
+
+def test_checkpoint_of_another_arch_is_refused(env, capsys):
+    assert main(["eval", "--checkpoint", str(env["ckpt"]), "--arch", "resnet12", "--dataset", "cifar-fs",
+                 "--data-root", str(env["data"]), "--shots", "1", "--queries", "1", "--episodes", "5",
+                 "--cache-dir", str(env["cache"]), "--episodes-dir", str(env["episodes"]),
+                 "--out", str(env["root"] / "run")]) == 1
+    _one_line_error(capsys, "does not fit --arch resnet12")
+
+
+def test_episode_file_from_other_data_is_refused(env, capsys):
+    spec = EpisodeSpec(5, 1, 1, 5, 0)
+    names = [f"class{i}" for i in range(20)]
+    EpisodeSet.draw(spec, dataset="cifar-fs", split="test", class_names=names, class_sizes=[3] * 20).save(
+        env["episodes"] / default_filename("cifar-fs", "test", spec))
+    assert main(["eval", "--checkpoint", str(env["ckpt"]), "--arch", "conv4", "--dataset", "cifar-fs",
+                 "--data-root", str(env["data"]), "--shots", "1", "--queries", "1", "--episodes", "5",
+                 "--cache-dir", str(env["cache"]), "--episodes-dir", str(env["episodes"]),
+                 "--out", str(env["root"] / "run")]) == 1
+    _one_line_error(capsys, "episode file", "different ones")
+
+
+def test_module_entry_point_and_no_traceback_in_a_real_process(tmp_path):
+    help_ = subprocess.run([sys.executable, "-m", "fewshot_bench", "eval", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "--checkpoint" in help_.stdout
+    bad = subprocess.run([sys.executable, "-m", "fewshot_bench", "eval", "--checkpoint", "none", "--arch", "conv4",
+                          "--dataset", "cifar-fs", "--data-root", str(tmp_path / "nope"), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().startswith("Error: --data-root") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_demo_runs_small(tmp_path, capsys):
+    from fewshot_bench.demo import run_demo
+
+    runs = run_demo(tmp_path / "demo", episodes=30, epochs=1, episodes_dir=tmp_path / "eps",
+                    cache_dir=tmp_path / "cache", progress=False)
+    out = capsys.readouterr().out
+    assert "paired comparison" in out and "5-way 5-shot" in out
+    for loss in ("ce", "clce"):
+        summary = json.loads((runs[loss] / "summary.json").read_text())
+        assert summary["checkpoint"]["meta"]["loss"] == loss
+        assert {r["shots"] for r in summary["results"]} == {1, 5}
+        assert all(0.2 < r["mean"] <= 1.0 for r in summary["results"])  # well above... chance is 0.2
+    assert json.loads(runs["compare"].read_text())
+    a = pd.read_csv(runs["ce"] / "per_episode.csv")
+    b = pd.read_csv(runs["clce"] / "per_episode.csv")
+    assert np.array_equal(a[["shots", "episode"]].to_numpy(), b[["shots", "episode"]].to_numpy())
