@@ -96,12 +96,15 @@ def _default_loader(cfg: EvalConfig) -> SplitLoader:
     return load
 
 
-def _transform_for(cfg: EvalConfig, dataset: str):
+def _transform_for(cfg: EvalConfig, dataset: str, meta: Mapping[str, Any]):
+    """``--transform``, else the one the checkpoint was fine-tuned with on this dataset, else the dataset's."""
     from .data import DATASETS
     from .transforms import get_transform
 
     if cfg.transform:
         return get_transform(cfg.transform)
+    if meta.get("transform") and meta.get("dataset") == dataset:
+        return get_transform(meta["transform"])
     return get_transform(DATASETS.get(dataset).eval_transform)
 
 
@@ -134,15 +137,22 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, tra
                           f"{' '.join(cfg.methods)}")
     needs_base = {name for name, cls in method_classes.items() if getattr(cls, "needs_base_mean", False)}
     checkpoint_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
+    meta: dict[str, Any] = {}
+    if cfg.checkpoint:
+        from .backbones import read_checkpoint_meta
+
+        meta = read_checkpoint_meta(cfg.checkpoint)
 
     def features_of(split, tf):
         return get_features(cfg.checkpoint, cfg.arch, split, tf, cache_dir=cfg.cache_dir, device=cfg.device,
                             batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed)
 
     frames, results, episode_files = [], [], []
+    transforms_used: dict[str, dict[str, str]] = {}
     for dataset in cfg.datasets:
         split = load(dataset, cfg.split)
-        tf = transform if transform is not None else _transform_for(cfg, dataset)
+        tf = transform if transform is not None else _transform_for(cfg, dataset, meta)
+        transforms_used[dataset] = {"name": tf.name, "key": tf.key}
         feats = features_of(split, tf)
         base_mean = None
         if needs_base:  # SimpleShot-style methods centre on the mean feature of the base (train) split
@@ -172,17 +182,13 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, tra
                                 "transductive": bool(getattr(method, "transductive", False)),
                                 "mean": ci.mean, "std": ci.std, "ci95": ci.ci, "ci_method": ci.method,
                                 "n_episodes": ci.n, "episodes_sha256": eps_sha})
-    meta = {}
-    if cfg.checkpoint:
-        from .backbones import read_checkpoint_meta
-
-        meta = read_checkpoint_meta(cfg.checkpoint)
     summary = {
         "format": "fewshot-bench-run",
         "format_version": RUN_FORMAT_VERSION,
         "fewshot_bench_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_json(),
+        "transforms": transforms_used,
         "checkpoint": {"path": cfg.checkpoint, "sha256": checkpoint_sha, "arch": cfg.arch, "meta": _plain(meta)},
         "packages": package_versions(),
         "episode_files": episode_files,

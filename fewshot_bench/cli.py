@@ -28,8 +28,16 @@ Run `fewshot-bench COMMAND --help` for the flags of one command.
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's layout; appends a flag's default where it says something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default is not argparse.SUPPRESS
+                and default is not None and not isinstance(default, bool)):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _positive_int(text: str) -> int:
@@ -217,7 +225,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     transform = args.transform or DATASETS.get(args.dataset).eval_transform
     path = finetune(split, args.arch, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                    temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
+                    momentum=args.momentum, warmup_epochs=args.warmup_epochs, embed_dim=args.embed_dim,
+                    augment=args.augment, temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
                     out=Path(args.out), resume=args.resume, transform=transform, progress=_progress())
     print(f"wrote {path}")
     return 0
@@ -387,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--warmup-epochs", type=_nonneg_int, default=0, help="linear warm-up before the cosine decay")
+    p.add_argument("--embed-dim", type=_positive_int, default=128, help="projection size of the contrastive term")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the images as stored (default: random crop with padding + flip)")
     p.add_argument("--temperature", type=float, default=0.5, help="τ of the contrastive term")
     p.add_argument("--lam", type=float, default=0.9, help="λ of CLCE: (1-λ)·CE + λ·LACLN")
     p.add_argument("--seed", type=_nonneg_int, default=0)

@@ -17,7 +17,7 @@ from fewshot_bench.backbones import create_backbone, save_checkpoint
 from fewshot_bench.cli import main
 from fewshot_bench.episodes import EpisodeSet, EpisodeSpec, default_filename
 
-from . import synth
+import synth
 
 
 @pytest.fixture()

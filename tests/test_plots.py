@@ -8,10 +8,7 @@ import pytest
 from fewshot_bench import plots
 from fewshot_bench.errors import EpisodeError
 
-try:
-    from runs import make_run
-except ImportError:  # tests/ is a package
-    from tests.runs import make_run
+from runs import make_run
 
 
 @pytest.fixture

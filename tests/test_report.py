@@ -13,10 +13,7 @@ import pytest
 from fewshot_bench import report, stats
 from fewshot_bench.errors import ConfigError, DataError, EpisodeError
 
-try:
-    from runs import make_run
-except ImportError:  # tests/ is a package
-    from tests.runs import make_run
+from runs import make_run
 
 E = 200  # episodes per result: enough for the tests, fast
 
