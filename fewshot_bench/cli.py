@@ -6,8 +6,12 @@ Heavy imports (torch, timm) happen inside the commands so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +44,23 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, what: str):
+    """An argparse ``type`` accepting integers >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+        return value
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+_positive_int = _int_at_least(1, "positive")
+_nonneg_int = _int_at_least(0, "non-negative")
 
 
 def _parse_value(text: str) -> Any:
@@ -131,6 +134,25 @@ def _progress() -> bool:
     return sys.stderr.isatty()
 
 
+@contextlib.contextmanager
+def _process_group():
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1) join the default process group for one command.
+
+    Yields the :class:`~fewshot_bench.distributed.DistInfo`; a group this created is left on exit.
+    """
+    import torch.distributed as dist
+
+    from . import distributed as D
+
+    existed = dist.is_available() and dist.is_initialized()
+    info = D.init_from_env()
+    try:
+        yield info
+    finally:
+        if info.distributed and not existed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
@@ -151,6 +173,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, episodes_dir=args.episodes_dir, device=args.device,
         batch_size=args.batch_size, ci_method=args.ci, progress=_progress())
     log = (lambda msg: print(msg, file=sys.stderr))
+    with _process_group() as info:  # torchrun: every rank extracts its shard, rank 0 evaluates
+        if info.distributed:
+            import dataclasses
+
+            import torch.distributed as dist
+
+            from .benchmark import extract_all
+
+            extract_all(dataclasses.replace(cfg, progress=cfg.progress and info.rank == 0))
+            dist.barrier()
+            dist.destroy_process_group()  # rank 0 goes on alone; the others are done
+            if info.rank != 0:
+                return 0
     result = run_benchmark(cfg, log=log)
     paths = write_run(args.out, result)
     if args.json:
@@ -204,15 +239,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .transforms import get_transform
 
     checkpoint = _checkpoint_arg(args.checkpoint)
-    for dataset in args.dataset:
-        for split_name in args.split:
-            split = load_split(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
-                               image_size=args.image_size, progress=_progress())
-            tf = get_transform(args.transform or DATASETS.get(dataset).eval_transform)
-            feats = get_features(checkpoint, args.arch, split, tf, cache_dir=args.cache_dir, device=args.device,
-                                 batch_size=args.batch_size, progress=_progress())
-            print(f"{dataset}/{split_name}: features {feats.shape[0]}×{feats.shape[1]} cached "
-                  f"(transform {tf.name})")
+    with _process_group() as info:  # torchrun: each rank embeds a shard, rank 0 writes the cache
+        main, progress = info.rank == 0, _progress() and info.rank == 0
+        for dataset in args.dataset:
+            for split_name in args.split:
+                split = load_split(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
+                                   image_size=args.image_size, progress=progress)
+                tf = get_transform(args.transform or DATASETS.get(dataset).eval_transform)
+                feats = get_features(checkpoint, args.arch, split, tf, cache_dir=args.cache_dir,
+                                     device=args.device, batch_size=args.batch_size, progress=progress)
+                if main:
+                    print(f"{dataset}/{split_name}: features {feats.shape[0]}×{feats.shape[1]} cached "
+                          f"(transform {tf.name})")
     return 0
 
 
@@ -228,7 +266,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                     momentum=args.momentum, warmup_epochs=args.warmup_epochs, embed_dim=args.embed_dim,
                     augment=args.augment, temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
                     out=Path(args.out), resume=args.resume, transform=transform, progress=_progress())
-    print(f"wrote {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"wrote {path}")
     return 0
 
 
@@ -452,14 +491,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # "Warning: <message>", not the source line
     try:
         return int(args.func(args) or 0)
     except FewshotBenchError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return 1
     except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"Error: {exc.filename}: {exc.strerror}; check the path and its permissions", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full or read-only disk outside the atomic writers (lock files, folders)
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        print(f"Error: {exc.filename or 'a file'}: cannot write, the disk is full or read-only ({exc.strerror}); "
+              "free space or choose another folder (--cache-dir for the cache, --out for results)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {' '.join(str(message).split())}\n"
