@@ -7,6 +7,7 @@ renamed into place (``os.replace`` is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -85,6 +86,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise CacheError(
+                f"{path}: cannot write, the disk is full ({exc.strerror or exc}); free space there or choose "
+                "another folder (--cache-dir for the cache, --out for results)"
+            ) from exc
         if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
             raise CacheError(f"{path}: could not write ({exc.strerror or exc}); free space or choose another folder") from exc
         raise

@@ -41,6 +41,7 @@ __all__ = [
 FORMAT_VERSION = 1
 _FORMAT = "fewshot-bench-episodes"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_MAX_UNPACKED = 1 << 30  # bytes; 3,000 5-way 5-shot 15-query episodes take 1.2 MB
 _CHUNK = 128  # episodes per sampling chunk; part of the sampling algorithm, do not change
 
 
@@ -268,6 +269,9 @@ class EpisodeSet:
             raise EpisodeError(f"episode file {path} does not exist; create it with `fewshot-bench episodes`")
         try:
             with zipfile.ZipFile(path) as zf:
+                unpacked = sum(info.file_size for info in zf.infolist())
+                if unpacked > _MAX_UNPACKED:  # a zip bomb, or no episode file of ours
+                    raise ValueError(f"members unpack to {unpacked} bytes, over the {_MAX_UNPACKED} allowed")
                 meta = json.loads(zf.read("meta.json"))
                 arrays = {n: np.lib.format.read_array(io.BytesIO(zf.read(f"{n}.npy")), allow_pickle=False)
                           for n in ("classes", "support", "query")}

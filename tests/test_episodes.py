@@ -72,30 +72,59 @@ def test_sampler_covers_classes_and_positions_uniformly():
     assert pos.min() > 0.22 * support.size
 
 
+@st.composite
+def valid_specs(draw):
+    """A feasible (spec, class sizes): N <= classes, K + Q <= the smallest class."""
+    ways, shots, queries = draw(st.integers(1, 8)), draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    smallest = shots + queries
+    sizes = draw(st.lists(st.integers(smallest, smallest + 20), min_size=ways, max_size=ways + 10))
+    spec = EpisodeSpec(ways, shots, queries, draw(st.integers(1, 25)), draw(st.integers(0, 2**63 - 1)))
+    return spec, np.array(sizes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(valid_specs())
+def test_property_valid_specs_give_valid_episodes(spec_sizes):
+    """Issue 7: classes distinct within an episode, support and query never overlap, exactly K and Q
+    samples per class, episode labels 0..N-1 (checked on positions and on the rows of a shuffled split)."""
+    spec, sizes = spec_sizes
+    E, N, K, Q = spec.n_episodes, spec.ways, spec.shots, spec.queries
+    classes, support, query = sample_episodes(spec, sizes)
+    check_valid(spec, classes, support, query, sizes)
+    assert classes.min() >= 0 and classes.max() < len(sizes)
+
+    split = make_split(list(sizes), seed=spec.seed % 1000)
+    eps = EpisodeSet.from_split(spec, split)
+    s_rows, q_rows = eps.indices(split)
+    s_lab, q_lab = eps.support_labels, eps.query_labels
+    assert s_rows.shape == (E, N * K) and q_rows.shape == (E, N * Q)
+    assert s_lab.tolist() == np.repeat(np.arange(N), K).tolist()  # labels 0..N-1, K each
+    assert q_lab.tolist() == np.repeat(np.arange(N), Q).tolist()  # labels 0..N-1, Q each
+    for e in range(E):
+        rows = np.concatenate([s_rows[e], q_rows[e]])
+        assert len(np.unique(rows)) == N * (K + Q)  # no image twice; support and query disjoint
+        assert len(np.unique(classes[e])) == N  # classes distinct
+        # episode label n means dataset class classes[e, n], for support and query alike
+        np.testing.assert_array_equal(split.labels[s_rows[e]], classes[e][s_lab])
+        np.testing.assert_array_equal(split.labels[q_rows[e]], classes[e][q_lab])
+        assert np.bincount(s_lab, minlength=N).tolist() == [K] * N
+        assert np.bincount(q_lab, minlength=N).tolist() == [Q] * N
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 25), min_size=1, max_size=12),
-    ways=st.integers(1, 6), shots=st.integers(1, 5), queries=st.integers(1, 6),
-    n_episodes=st.integers(1, 20), seed=st.integers(0, 2**32),
+    ways=st.integers(1, 15), shots=st.integers(1, 10), queries=st.integers(1, 15),
+    seed=st.integers(0, 2**32),
 )
-def test_property_valid_specs_give_valid_episodes(sizes, ways, shots, queries, n_episodes, seed):
+def test_property_impossible_specs_are_refused(sizes, ways, shots, queries, seed):
     sizes = np.array(sizes)
-    spec = EpisodeSpec(ways, shots, queries, n_episodes, seed)
-    if ways > len(sizes) or shots + queries > sizes.min():
-        with pytest.raises(EpisodeError):
-            sample_episodes(spec, sizes)
+    spec = EpisodeSpec(ways, shots, queries, 3, seed)
+    if ways <= len(sizes) and shots + queries <= sizes.min():
+        check_valid(spec, *sample_episodes(spec, sizes), sizes)
         return
-    classes, support, query = sample_episodes(spec, sizes)
-    check_valid(spec, classes, support, query, sizes)
-    split = make_split(list(sizes), seed=seed % 1000)
-    eps = EpisodeSet.from_split(spec, split)
-    s_rows, q_rows = eps.indices(split)
-    for e in range(n_episodes):
-        assert not set(s_rows[e]) & set(q_rows[e])
-        # labels 0..N-1: every support row of episode label n belongs to class classes[e, n]
-        np.testing.assert_array_equal(split.labels[s_rows[e]], np.repeat(classes[e], shots))
-        np.testing.assert_array_equal(split.labels[q_rows[e]], np.repeat(classes[e], queries))
-    assert eps.support_labels.tolist() == np.repeat(np.arange(ways), shots).tolist()
+    with pytest.raises(EpisodeError, match=r"--ways|--shots"):
+        sample_episodes(spec, sizes)
 
 
 def test_file_round_trip_is_byte_identical(tmp_path):

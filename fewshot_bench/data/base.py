@@ -9,6 +9,7 @@ memory-map ``images.npy``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import hashlib
@@ -381,12 +382,19 @@ def decode_images(
                     np.asarray(item, dtype=np.uint8).tobytes() if not isinstance(item, bytes) else item
                 )
             )
-            with Image.open(src) as im:
+            with Image.open(src) as im:  # lazy: only the header is read here
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and im.width * im.height > limit:  # PIL only warns below 2x its limit
+                    raise Image.DecompressionBombError(
+                        f"{im.width}x{im.height} pixels is more than the {limit} allowed, a possible "
+                        "decompression bomb"
+                    )
                 im = im.convert("RGB")
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+                SyntaxError) as exc:
             raise DataError(
                 f"{name}: cannot decode image ({' '.join(str(exc).split())}); replace or delete the file"
             ) from None
@@ -574,6 +582,8 @@ def build_split(
     with file_lock(entry.parent / f".{entry.name}.lock"):
         if (hit := _load_entry(entry)) is not None:  # another process filled it meanwhile
             return hit
+        for stale in entry.glob(".*.tmp"):  # temp files of a killed run; we hold the lock
+            stale.unlink(missing_ok=True)
         raw = layout.read(paths, split, ReadOptions(dataset=info, image_size=size, progress=progress))
         images, labels, names = _validate(raw, info, split)
         if channel_order == "bgr":
@@ -593,11 +603,18 @@ def build_split(
             "fingerprint": fingerprint(names, labels, digests, images.shape[1:]),
             "options": options,
         }
-        _write_images(entry / "images.npy", images, order)
-        with atomic_write(entry / "labels.npy") as f:
-            np.save(f, labels.astype(np.int64), allow_pickle=False)
-        meta["images_bytes"] = (entry / "images.npy").stat().st_size
-        atomic_write_json(entry / "meta.json", meta)  # written last: marks the entry complete
+        try:
+            _write_images(entry / "images.npy", images, order)
+            with atomic_write(entry / "labels.npy") as f:
+                np.save(f, labels.astype(np.int64), allow_pickle=False)
+            meta["images_bytes"] = (entry / "images.npy").stat().st_size
+            atomic_write_json(entry / "meta.json", meta)  # written last: marks the entry complete
+        except BaseException:  # e.g. a full disk: leave no partial entry behind
+            for name in ("meta.json", "labels.npy", "images.npy"):
+                (entry / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                entry.rmdir()
+            raise
     hit = _load_entry(entry)
     if hit is None:  # pragma: no cover - only if the disk lies
         raise DataError(f"{entry}: the cache entry just written cannot be read back; check the disk")
@@ -626,8 +643,8 @@ def _load_entry(entry: Path) -> Split | None:
         meta = json.loads(meta_path.read_text())
         if (entry / "images.npy").stat().st_size != meta["images_bytes"]:
             raise ValueError("images.npy has the wrong size")
-        images = np.load(entry / "images.npy", mmap_mode="r")
-        labels = np.load(entry / "labels.npy", mmap_mode="r")
+        images = np.load(entry / "images.npy", mmap_mode="r", allow_pickle=False)
+        labels = np.load(entry / "labels.npy", mmap_mode="r", allow_pickle=False)
         if images.shape != (meta["n_images"], *meta["image_shape"]) or labels.shape != (meta["n_images"],):
             raise ValueError("array shapes differ from meta.json")
         return Split(

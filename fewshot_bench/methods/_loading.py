@@ -89,7 +89,8 @@ def _checked(obj: Any, where: str) -> type[FewShotMethod]:
 
 def _load_from_file(spec: str, path: Path, cls_name: str) -> type[FewShotMethod]:
     if not path.is_file():
-        raise ConfigError(f"--methods {spec!r}: file {path} does not exist")
+        raise ConfigError(f"--methods {spec!r}: file {path} does not exist; give path/to/file.py:ClassName "
+                          "or a name from `fewshot-bench methods`")
     resolved = path.resolve()
     key = (str(resolved), resolved.stat().st_mtime_ns)
     module = _FILE_CACHE.get(key)
