@@ -29,7 +29,8 @@ from .errors import ConfigError
 from .evaluate import evaluate_episodes
 from .stats import mean_ci
 
-__all__ = ["EvalConfig", "RUN_FORMAT_VERSION", "RunResult", "format_summary", "run_benchmark", "write_run"]
+__all__ = ["EvalConfig", "RUN_FORMAT_VERSION", "RunResult", "extract_all", "format_summary", "run_benchmark",
+           "write_run"]
 
 RUN_FORMAT_VERSION = 1
 PER_EPISODE_COLUMNS = ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
@@ -106,6 +107,28 @@ def _transform_for(cfg: EvalConfig, dataset: str, meta: Mapping[str, Any]):
     if meta.get("transform") and meta.get("dataset") == dataset:
         return get_transform(meta["transform"])
     return get_transform(DATASETS.get(dataset).eval_transform)
+
+
+def extract_all(cfg: EvalConfig, *, load_split: SplitLoader | None = None, transform=None) -> None:
+    """Fill the feature cache for everything :func:`run_benchmark` will read, and nothing else.
+
+    Under ``torchrun`` every rank calls it (each :func:`~fewshot_bench.features.get_features`
+    is a collective that shards the images across ranks); then rank 0 alone runs
+    :func:`run_benchmark`, which finds every array in the cache.
+    """
+    from .backbones import check_arch, read_checkpoint_meta
+    from .features import get_features
+    from .methods import get_method_class
+
+    check_arch(cfg.arch)
+    load = load_split or _default_loader(cfg)
+    needs_base = any(getattr(get_method_class(name), "needs_base_mean", False) for name in cfg.methods)
+    meta = read_checkpoint_meta(cfg.checkpoint) if cfg.checkpoint else {}
+    for dataset in cfg.datasets:
+        tf = transform if transform is not None else _transform_for(cfg, dataset, meta)
+        for split_name in dict.fromkeys((cfg.split, "train") if needs_base else (cfg.split,)):
+            get_features(cfg.checkpoint, cfg.arch, load(dataset, split_name), tf, cache_dir=cfg.cache_dir,
+                         device=cfg.device, batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed)
 
 
 def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, transform=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import json
 import os
 import sys
@@ -172,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         method_params=_method_params(args.param), transform=args.transform, image_size=args.image_size,
         cache_dir=args.cache_dir, episodes_dir=args.episodes_dir, device=args.device,
         batch_size=args.batch_size, ci_method=args.ci, progress=_progress())
-    log = (lambda msg: print(msg, file=sys.stderr))
+    log = functools.partial(print, file=sys.stderr)
     with _process_group() as info:  # torchrun: every rank extracts its shard, rank 0 evaluates
         if info.distributed:
             import dataclasses
@@ -264,7 +265,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     path = finetune(split, args.arch, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                     momentum=args.momentum, warmup_epochs=args.warmup_epochs, embed_dim=args.embed_dim,
-                    augment=args.augment, temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
+                    augment=args.augment, flip=args.flip, temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
                     out=Path(args.out), resume=args.resume, transform=transform, progress=_progress())
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"wrote {path}")
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes-dir", default="episodes", help="where episode files are read/written")
     p.add_argument("--cache-dir", default=None, help="feature cache folder")
 
-    p = add("eval", cmd_eval, "benchmark a checkpoint: mean accuracy ± 95% CI over fixed episodes",
+    p = add("eval", cmd_eval, "benchmark a checkpoint: mean accuracy ± 95%% CI over fixed episodes",
             "Evaluate a backbone checkpoint on one or more benchmarks over fixed episode files; writes "
             "RUN/per_episode.csv, RUN/summary.json and RUN/summary.csv and prints a table.")
     _add_model_flags(p)
@@ -440,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-dim", type=_positive_int, default=128, help="projection size of the contrastive term")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the images as stored (default: random crop with padding + flip)")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="augment without horizontal flips (for data whose mirror image is another class)")
     p.add_argument("--temperature", type=float, default=0.5, help="τ of the contrastive term")
     p.add_argument("--lam", type=float, default=0.9, help="λ of CLCE: (1-λ)·CE + λ·LACLN")
     p.add_argument("--seed", type=_nonneg_int, default=0)

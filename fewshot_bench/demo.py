@@ -14,9 +14,10 @@ from pathlib import Path
 
 __all__ = ["DEMO", "run_demo"]
 
-#: Training recipe of the demo (small enough for 2 CPU cores).
+#: Training recipe of the demo (small enough for 2 CPU cores). No horizontal flips: a mirrored
+#: digit is another symbol, so flipping would teach the backbone wrong invariances.
 DEMO = {"arch": "conv4", "epochs": 10, "batch_size": 64, "lr": 3e-3, "optimizer": "adamw",
-        "weight_decay": 5e-4, "transform": "unit", "temperature": 0.5, "lam": 0.9}
+        "weight_decay": 5e-4, "transform": "unit", "temperature": 0.5, "lam": 0.9, "flip": False}
 
 
 def run_demo(out: str | Path = "reports/demo", *, episodes: int = 3000, epochs: int | None = None, seed: int = 0,
@@ -40,7 +41,7 @@ def run_demo(out: str | Path = "reports/demo", *, episodes: int = 3000, epochs: 
         t0 = time.perf_counter()
         finetune(base, DEMO["arch"], loss=loss, epochs=epochs or DEMO["epochs"], batch_size=DEMO["batch_size"],
                  lr=DEMO["lr"], optimizer=DEMO["optimizer"], weight_decay=DEMO["weight_decay"],
-                 temperature=DEMO["temperature"], lam=DEMO["lam"], seed=seed, device="cpu", out=ckpt,
+                 temperature=DEMO["temperature"], lam=DEMO["lam"], flip=DEMO["flip"], seed=seed, device="cpu", out=ckpt,
                  transform=DEMO["transform"], progress=progress)
         log(f"fine-tuned {DEMO['arch']} with {loss} on the base digits in {time.perf_counter() - t0:.1f} s -> {ckpt}")
         cfg = EvalConfig(checkpoint=str(ckpt), arch=DEMO["arch"], datasets=["digits"], split="test",

@@ -1,4 +1,4 @@
-"""Helpers for multi-process (DDP) fine-tuning under ``torchrun``.
+"""Helpers for multi-process runs under ``torchrun``: DDP fine-tuning and sharded extraction.
 
 ``torchrun --nproc-per-node G -m fewshot_bench finetune ...`` starts G processes with
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set;
@@ -18,6 +18,12 @@ The contract of a DDP run (see :func:`fewshot_bench.train.finetune`):
 - only rank 0 writes files (:func:`is_main`).
 
 BatchNorm statistics stay per rank (no SyncBatchNorm), as in most SupCon/SimCLR code.
+
+Sharded feature extraction (``torchrun ... -m fewshot_bench extract|eval``, see
+:func:`fewshot_bench.features.get_features`): rank ``r`` embeds the contiguous run of whole
+batches :func:`batch_shard` gives it, :func:`gather_rows_to_main` sends every shard to rank 0,
+which writes the cache entry; batches are cut exactly as in one process, so the merged
+array is the single-process one.
 """
 
 from __future__ import annotations
@@ -26,14 +32,20 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 __all__ = [
     "DistInfo",
+    "agree",
     "all_gather_nograd",
+    "barrier",
+    "batch_shard",
+    "broadcast_flag",
+    "gather_rows_to_main",
     "gather_with_grad",
     "get_info",
     "init_from_env",
@@ -186,3 +198,100 @@ def shard_batches(
     per = batch_size // world_size
     steps = n // batch_size
     return [perm[s * batch_size + rank * per : s * batch_size + (rank + 1) * per] for s in range(steps)]
+
+
+# ------------------------------------------------------------------ sharded extraction
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors live: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def batch_shard(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of ``n`` that ``rank`` embeds: a contiguous run of whole batches.
+
+    The ``ceil(n / batch_size)`` batches of a single-process pass are split into
+    ``world_size`` contiguous runs (sizes differ by at most one batch), so every batch a
+    rank feeds the model is one the single process fed it, and the shards concatenate in
+    rank order to ``range(n)``. A rank may get no rows (``lo == hi``).
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world size {world_size}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    n_batches = -(-n // batch_size)
+    first, last = rank * n_batches // world_size, (rank + 1) * n_batches // world_size
+    return min(n, first * batch_size), min(n, last * batch_size)
+
+
+def agree(ok: bool) -> bool:
+    """True on every rank iff ``ok`` on every rank (one all-reduce); ``ok`` itself without a group.
+
+    Call it after a step that may fail on some ranks only, so that all ranks leave together
+    instead of some waiting forever in the next collective.
+    """
+    if not _active():
+        return bool(ok)
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=_comm_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def broadcast_flag(value: bool, src: int = 0) -> bool:
+    """``value`` of rank ``src`` on every rank."""
+    if not _active():
+        return bool(value)
+    flag = torch.tensor([1 if value else 0], dtype=torch.int32, device=_comm_device())
+    dist.broadcast(flag, src)
+    return bool(flag.item())
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if _active():
+        dist.barrier()
+
+
+def gather_rows_to_main(
+    local: np.ndarray, n: int, shard_of=None, chunk_bytes: int = 1 << 26
+) -> np.ndarray | None:
+    """Concatenate every rank's ``(n_r, D)`` float32 shard on rank 0 → ``(n, D)``; ``None`` elsewhere.
+
+    ``shard_of(rank) -> (lo, hi)`` says which rows each rank holds (every rank computes the
+    same answer, so nothing but the rows travels); they must tile ``range(n)`` in rank
+    order. Rows go point to point in chunks of about ``chunk_bytes`` (on the GPU under
+    NCCL), so no rank ever holds more than its shard plus one chunk, and rank 0 the result
+    plus one chunk. ``D`` is agreed with one all-reduce (a rank with no rows may not know it).
+    Without a process group ``local`` is returned as is.
+    """
+    if not _active():
+        return local
+    rank, world, dev = dist.get_rank(), dist.get_world_size(), _comm_device()
+    dim = torch.tensor([local.shape[1] if len(local) else 0], dtype=torch.int64, device=dev)
+    dist.all_reduce(dim, op=dist.ReduceOp.MAX)
+    d = int(dim.item())
+    rows_per_chunk = max(1, chunk_bytes // max(1, 4 * d))
+    if rank != 0:
+        lo, hi = shard_of(rank)
+        assert len(local) == hi - lo, (len(local), lo, hi)
+        for a in range(0, hi - lo, rows_per_chunk):
+            part = torch.from_numpy(np.ascontiguousarray(local[a : a + rows_per_chunk], np.float32))
+            dist.send(part.to(dev), dst=0)
+        return None
+    out = np.empty((n, d), dtype=np.float32)
+    lo0, hi0 = shard_of(0)
+    out[lo0:hi0] = local
+    for src in range(1, world):
+        lo, hi = shard_of(src)
+        for a in range(lo, hi, rows_per_chunk):
+            buf = torch.empty(min(rows_per_chunk, hi - a), d, dtype=torch.float32, device=dev)
+            dist.recv(buf, src=src)
+            out[a : a + len(buf)] = buf.cpu().numpy()
+    return out

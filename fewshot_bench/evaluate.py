@@ -1,12 +1,15 @@
 """Run a few-shot method over a fixed episode set on cached features.
 
 ``evaluate_episodes`` gathers each batch of episodes straight from the (possibly
-memory-mapped) feature array, so the full feature matrix is never copied, and calls the
-method's batched ``scores`` once per batch of episodes.
+memory-mapped) feature array through a torch view of it (``index_select`` into reused
+buffers, about 3x faster than numpy fancy indexing), so the full feature matrix is never
+copied on the host, and calls the method's batched ``scores`` once per batch of episodes.
+On CUDA the matrix is moved to the GPU once when it fits.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -19,11 +22,42 @@ from .errors import MethodError
 __all__ = ["episode_batch_size", "evaluate_episodes", "evaluate_rows"]
 
 _BATCH_BYTES = 1 << 28  # ~256 MiB of gathered features per batch of episodes
+# Heads whose episodes do not interact (``method.batch_invariant``) get smaller batches: the same
+# results, and fresh buffers of ~32 MiB cost far fewer page faults than 256 MiB ones (1.5x on ProtoNet).
+_INVARIANT_BATCH_BYTES = 1 << 25
 
 
 def episode_batch_size(rows_per_episode: int, dim: int, itemsize: int = 4, budget: int = _BATCH_BYTES) -> int:
     """Episodes per batch so that gathered features stay under ``budget`` bytes."""
     return max(1, budget // max(1, rows_per_episode * dim * itemsize))
+
+
+def _feature_source(features, device: torch.device) -> torch.Tensor | None:
+    """A torch view of ``features`` to gather rows from, without copying them on the host.
+
+    A numpy array (typically the read-only memory-mapped cache) is wrapped by
+    ``torch.from_numpy``: no copy, pages are read as rows are gathered. On CUDA the whole
+    matrix is moved to the device once when it takes at most half of the free memory.
+    Returns ``None`` for arrays torch cannot view (non-native byte order, negative strides,
+    non-float dtypes): those take the numpy gathering path.
+    """
+    if isinstance(features, torch.Tensor):
+        src = features
+    else:
+        arr = features if isinstance(features, np.ndarray) else np.asarray(features)
+        if arr.dtype not in (np.float16, np.float32, np.float64) or not arr.dtype.isnative:
+            return None
+        try:
+            with warnings.catch_warnings():  # read-only memmap: we only ever read through the view
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                src = torch.from_numpy(arr)
+        except (ValueError, TypeError):  # e.g. negative strides
+            return None
+    if device.type == "cuda" and src.device != device:
+        free, _ = torch.cuda.mem_get_info(device)
+        if src.numel() * src.element_size() <= free // 2:
+            src = src.to(device)
+    return src
 
 
 def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, ways: int, method: Any, *,
@@ -33,16 +67,24 @@ def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, wa
 
     Parameters
     ----------
-    features : (M, D) array or tensor (a memory-mapped ``np.ndarray`` is fine).
+    features : (M, D) array or tensor (a memory-mapped ``np.ndarray`` is fine: it is viewed,
+        never copied whole into RAM; on CUDA it is moved to the device once if it fits).
     support_rows : (E, N*K) int rows of ``features``; class n owns columns ``n*K:(n+1)*K``.
     query_rows : (E, N*Q) int rows; class n owns columns ``n*Q:(n+1)*Q``.
     ways : N.
     method : object with ``scores(support (B,N*K,D), support_labels (B,N*K), query (B,N*Q,D)) -> (B,N*Q,N)``.
 
+    Each batch of episodes is gathered with ``torch.index_select`` into buffers reused
+    across batches (a method must not keep references to its inputs), then cast to float32
+    on ``device``; the values are exactly ``features[rows]``. Default batch: ~256 MiB of
+    features, ~32 MiB for heads with ``batch_invariant = True`` (their results do not depend
+    on the batching; the others' may, e.g. the ``logistic`` head's stopping test).
+
     Returns
     -------
     (E,) float64 fractions of correctly classified queries.
     """
+    support_rows, query_rows = np.asarray(support_rows), np.asarray(query_rows)
     E, NK = support_rows.shape
     NQ = query_rows.shape[1]
     if NK % ways or NQ % ways:
@@ -51,23 +93,31 @@ def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, wa
     dim = features.shape[1]
     device = torch.device(device) if device is not None else torch.device("cpu")
     if batch_episodes is None:
-        batch_episodes = episode_batch_size(NK + NQ, dim)
+        budget = _INVARIANT_BATCH_BYTES if getattr(method, "batch_invariant", False) else _BATCH_BYTES
+        batch_episodes = episode_batch_size(NK + NQ, dim, budget=budget)
+    batch_episodes = max(1, min(int(batch_episodes), E))
     s_labels = torch.arange(ways, device=device).repeat_interleave(K)
     q_labels = torch.arange(ways, device=device).repeat_interleave(Q)
-    is_tensor = isinstance(features, torch.Tensor)
+    src = _feature_source(features, device)
+    if src is not None:
+        s_all = torch.as_tensor(support_rows, dtype=torch.int64).to(src.device)
+        q_all = torch.as_tensor(query_rows, dtype=torch.int64).to(src.device)
+        s_buf = torch.empty(batch_episodes * NK, dim, dtype=src.dtype, device=src.device)
+        q_buf = torch.empty(batch_episodes * NQ, dim, dtype=src.dtype, device=src.device)
     out = np.empty(E, dtype=np.float64)
     bar = tqdm(total=E, desc=desc, unit="ep", disable=not progress, leave=False)
     for start in range(0, E, batch_episodes):
         stop = min(start + batch_episodes, E)
-        s_idx, q_idx = support_rows[start:stop], query_rows[start:stop]
-        if is_tensor:
-            support = features[torch.as_tensor(s_idx, device=features.device)]
-            query = features[torch.as_tensor(q_idx, device=features.device)]
-        else:
-            support = torch.from_numpy(np.ascontiguousarray(features[s_idx]))
-            query = torch.from_numpy(np.ascontiguousarray(features[q_idx]))
-        support, query = support.to(device, torch.float32), query.to(device, torch.float32)
         B = stop - start
+        if src is not None:
+            with torch.no_grad():
+                support = torch.index_select(src, 0, s_all[start:stop].reshape(-1), out=s_buf[: B * NK])
+                query = torch.index_select(src, 0, q_all[start:stop].reshape(-1), out=q_buf[: B * NQ])
+            support, query = support.view(B, NK, dim), query.view(B, NQ, dim)
+        else:
+            support = torch.from_numpy(np.ascontiguousarray(features[support_rows[start:stop]], np.float32))
+            query = torch.from_numpy(np.ascontiguousarray(features[query_rows[start:stop]], np.float32))
+        support, query = support.to(device, torch.float32), query.to(device, torch.float32)
         scores = method.scores(support, s_labels.expand(B, NK), query)
         if tuple(scores.shape) != (B, NQ, ways):
             raise MethodError(f"method {getattr(method, 'name', method)!r} returned scores of shape "

@@ -12,6 +12,14 @@ temporary folder into place, under a per-key file lock, so an interrupted run (e
 ``kill -9``) leaves nothing that passes for complete, and two concurrent runs compute an
 entry once (the second waits, then loads). On every load the shape and checksum are
 verified; a corrupt or truncated entry is rebuilt with a warning.
+
+Under ``torchrun`` (a default process group of several ranks) :func:`get_features` is a
+collective: rank 0 checks the cache under the lock; on a miss every rank embeds its
+contiguous run of whole batches (:func:`fewshot_bench.distributed.batch_shard`), the
+shards are sent to rank 0, which checks and writes the entry exactly as one process would
+(the same bytes: every batch is the one a single process would have fed the model); the
+other ranks then memory-map it, so the cache folder must be visible to every rank (one node,
+or a shared file system).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from . import distributed as D
 from ._io import atomic_save_npy, atomic_write_json, cache_root, file_lock, sha256_file
 from .backbones import create_backbone, load_checkpoint
 from .errors import CacheError, CheckpointError, ConfigError, DataError
@@ -292,6 +301,12 @@ def get_features(
     root = feature_cache_dir(cache_dir)
     entry = root / key
     n_rows = len(split.images)
+    if D.get_info().distributed:
+        return _get_features_sharded(
+            checkpoint, arch, split, transform, fields, key, root, entry, n_rows, seed=seed,
+            arch_kwargs=arch_kwargs, device=device, amp=amp, batch_size=batch_size, progress=progress,
+            verify=verify,
+        )
 
     if (entry / "meta.json").exists():  # fast path, no lock
         try:
@@ -314,34 +329,45 @@ def get_features(
         feats, run_info = _compute(
             checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress
         )
+        _check_finite(feats, checkpoint, arch, split, seed)
 
-        tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            tmp.mkdir(parents=True)
-            atomic_save_npy(tmp / "features.npy", feats)
-            meta = {
-                **fields,
-                "key": key,
-                "shape": list(feats.shape),
-                "dtype": "float32",
-                "sha256": sha256_file(tmp / "features.npy"),
-                "checkpoint_path": None if checkpoint is None else str(checkpoint),
-                "fewshot_bench_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                **run_info,
-            }
-            atomic_write_json(tmp / "meta.json", meta)
-            os.replace(tmp, entry)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _write_entry(root, key, entry, feats, fields, checkpoint, run_info)
         return _load_entry(entry, key, n_rows, verify=False)
 
 
+def _write_entry(root: Path, key: str, entry: Path, feats: np.ndarray, fields: Mapping, checkpoint,
+                 run_info: Mapping) -> None:
+    """Write ``feats`` to a temporary folder and rename it to ``entry`` (caller holds the lock)."""
+    tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        atomic_save_npy(tmp / "features.npy", feats)
+        meta = {
+            **fields,
+            "key": key,
+            "shape": list(feats.shape),
+            "dtype": "float32",
+            "sha256": sha256_file(tmp / "features.npy"),
+            "checkpoint_path": None if checkpoint is None else str(checkpoint),
+            "fewshot_bench_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **run_info,
+        }
+        atomic_write_json(tmp / "meta.json", meta)
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _compute(
-    checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress
+    checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
+    rows: tuple[int, int] | None = None,
 ):
-    """Build the backbone (seeded; checkpoint loaded strictly), extract, check finiteness."""
+    """Build the backbone (seeded; checkpoint loaded strictly), extract rows ``[lo, hi)`` (all by default).
+
+    Finiteness is checked by the caller on the whole array (:func:`_check_finite`).
+    """
     side = transform.size or int(split.images.shape[1])  # size=None transforms keep the input side
     kw = {"image_size": side, **dict(arch_kwargs or {})}
     with torch.random.fork_rng(devices=[]):  # random init from `seed`, global RNG untouched
@@ -350,9 +376,12 @@ def _compute(
     report = load_checkpoint(checkpoint, model) if checkpoint is not None else None
     dev = _resolve_device(device)
     amp_dtype = _resolve_amp(amp, dev)
+    images = np.asarray(split.images)
+    if rows is not None:
+        images = images[rows[0] : rows[1]]  # a view: a memmap is not read here
     feats = extract_features(
         model,
-        np.asarray(split.images),
+        images,
         transform,
         batch_size=batch_size,
         device=dev,
@@ -360,6 +389,13 @@ def _compute(
         progress=progress,
         desc=f"{split.dataset}/{split.split}",
     )
+    info = {"device": str(dev), "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", "")}
+    if report is not None:
+        info["load_report"] = report.summary()
+    return feats, info
+
+
+def _check_finite(feats: np.ndarray, checkpoint, arch: str, split: Any, seed: int) -> None:
     bad = ~np.isfinite(feats).all(axis=1)
     if bad.any():
         src = checkpoint if checkpoint is not None else f"random-init:{seed}"
@@ -367,7 +403,62 @@ def _compute(
             f"checkpoint {src} (--arch {arch}) gives NaN/Inf features for {int(bad.sum())} of {len(feats)} "
             f"{split.dataset}/{split.split} images; the weights may have diverged, or the transform is wrong"
         )
-    info = {"device": str(dev), "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", "")}
-    if report is not None:
-        info["load_report"] = report.summary()
-    return feats, info
+
+
+def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root, entry, n_rows, *, seed,
+                          arch_kwargs, device, amp, batch_size, progress, verify) -> np.ndarray:
+    """:func:`get_features` as a collective over the default process group (see the module doc)."""
+    info = D.get_info()
+    rank, world = info.rank, info.world_size
+    found: np.ndarray | None = None
+    with contextlib.ExitStack() as locked:
+        if rank == 0:
+            if (entry / "meta.json").exists():
+                with contextlib.suppress(CacheError):
+                    found = _load_entry(entry, key, n_rows, verify=verify)
+            if found is None:
+                locked.enter_context(file_lock(root / ".locks" / f"{key}.lock"))
+                if entry.exists():
+                    try:
+                        found = _load_entry(entry, key, n_rows, verify=verify)
+                    except CacheError as exc:
+                        warnings.warn(
+                            f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=3
+                        )
+                        _discard(entry)
+                for stale in root.glob(f".tmp-{key}-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+        if not D.broadcast_flag(found is not None):
+            shard = lambda r: D.batch_shard(n_rows, int(batch_size), r, world)  # noqa: E731
+            error: BaseException | None = None
+            local, run_info = None, {}
+            try:
+                local, run_info = _compute(
+                    checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size,
+                    progress and rank == 0, rows=shard(rank),
+                )
+            except Exception as exc:  # every rank must learn of it, or the others wait forever
+                error = exc
+            if not D.agree(error is None):
+                raise error or CacheError(f"feature extraction of {split.dataset}/{split.split} failed on "
+                                          "another rank; its error is printed above")
+            feats = D.gather_rows_to_main(local, n_rows, shard)
+            del local
+            if rank == 0:
+                try:
+                    _check_finite(feats, checkpoint, arch, split, seed)
+                    run_info = {**run_info, "world_size": world}
+                    _write_entry(root, key, entry, feats, fields, checkpoint, run_info)
+                except Exception as exc:
+                    error = exc
+                del feats
+            if not D.agree(error is None):
+                raise error or CacheError(f"rank 0 could not write the feature cache entry {entry}; "
+                                          "its error is printed above")
+    if found is not None:
+        return found
+    try:
+        return _load_entry(entry, key, n_rows, verify=False)
+    except CacheError as exc:
+        raise CacheError(f"rank {rank} cannot read the feature cache entry rank 0 wrote ({exc}); "
+                         "--cache-dir must be on a file system every rank sees") from None

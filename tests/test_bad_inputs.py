@@ -11,7 +11,6 @@ the argv overrides plus the fragments the error line must contain.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pickle
 import subprocess
@@ -23,12 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-import runs
-import synth
 from fewshot_bench import _io
 from fewshot_bench.backbones import create_backbone, save_checkpoint
 from fewshot_bench.cli import main
 from fewshot_bench.episodes import EpisodeSet, EpisodeSpec, default_filename
+
+import runs
+import synth
 
 
 # --------------------------------------------------------------------------------------- the world

@@ -230,3 +230,21 @@ def test_demo_runs_small(tmp_path, capsys):
     a = pd.read_csv(runs["ce"] / "per_episode.csv")
     b = pd.read_csv(runs["clce"] / "per_episode.csv")
     assert np.array_equal(a[["shots", "episode"]].to_numpy(), b[["shots", "episode"]].to_numpy())
+
+
+def _subcommands():
+    from fewshot_bench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", [None, *_subcommands()])
+def test_help_of_every_command_renders(command, capsys):
+    argv = ["--help"] if command is None else [command, "--help"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fewshot-bench") and "(default: None)" not in out

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import synth
 
 from fewshot_bench.data import (
     DATASETS,
@@ -22,6 +21,8 @@ from fewshot_bench.data import (
 )
 from fewshot_bench.data.base import Split
 from fewshot_bench.data.cifar100 import COARSE_NAMES, FINE_NAMES, FINE_TO_COARSE
+
+import synth
 
 SPLITS = ("train", "val", "test")
 

@@ -7,10 +7,11 @@ import pickle
 
 import numpy as np
 import pytest
-import synth
 
 from fewshot_bench.data import load_split
 from fewshot_bench.errors import ConfigError, DataError, UnknownNameError
+
+import synth
 
 
 def _load(root, dataset="cifar-fs", split="test", **kw):

@@ -25,8 +25,9 @@ import pandas as pd
 import pytest
 import torch
 
-import synth
 from fewshot_bench.backbones import create_backbone, save_checkpoint
+
+import synth
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
 

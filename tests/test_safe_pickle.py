@@ -8,10 +8,11 @@ import pickle
 
 import numpy as np
 import pytest
-import synth
 
 from fewshot_bench.errors import DataError
 from fewshot_bench.safe_pickle import safe_load
+
+import synth
 
 
 class _Exploit:

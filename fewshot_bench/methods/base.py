@@ -47,6 +47,9 @@ class FewShotMethod:
     needs_base_mean: ``True`` if the method takes ``base_mean`` (D,), the train split's mean feature.
     nonfinite_propagates: ``True`` if any NaN/Inf input always yields a non-finite score, so the
         upfront NaN/Inf scan of the inputs can be skipped (the scores are checked instead).
+    batch_invariant: ``True`` if an episode's scores do not depend on the other episodes of the
+        batch (closed-form heads), so the evaluator may pick smaller, cache-friendly batches;
+        ``False`` (the safe default) for e.g. iterative solvers with one stopping test per batch.
     """
 
     name: ClassVar[str] = ""
@@ -55,6 +58,7 @@ class FewShotMethod:
     transductive: ClassVar[bool] = False
     needs_base_mean: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
+    batch_invariant: ClassVar[bool] = False
 
     # -- hyper-parameters -------------------------------------------------------------------
     def __init__(self) -> None:

@@ -25,6 +25,7 @@ class CosineCentroid(FewShotMethod):
     description = "nearest class mean, cosine similarity"
     paper = "Chen et al., ICLR 2019, https://arxiv.org/abs/1904.04232"
     transductive = False
+    batch_invariant = True
     nonfinite_propagates = True
 
     def batch_scores(

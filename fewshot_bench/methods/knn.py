@@ -28,6 +28,7 @@ class KNearestNeighbours(FewShotMethod):
     description = "k-nearest-neighbour majority vote (euclidean or cosine), nearest-voter tie-break"
     paper = "Cover & Hart, 1967, https://doi.org/10.1109/TIT.1967.1053964"
     transductive = False
+    batch_invariant = True
 
     def __init__(self, k: int = 5, metric: str = "euclidean") -> None:
         self.k, self.metric = k, metric

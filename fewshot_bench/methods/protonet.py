@@ -25,6 +25,7 @@ class ProtoNet(FewShotMethod):
     description = "nearest class mean, squared Euclidean distance"
     paper = "Snell et al., NeurIPS 2017, https://arxiv.org/abs/1703.05175"
     transductive = False
+    batch_invariant = True
     nonfinite_propagates = True
 
     def batch_scores(

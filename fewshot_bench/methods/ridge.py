@@ -28,6 +28,7 @@ class RidgeHead(FewShotMethod):
     description = "ridge regression onto one-hot labels (dual N*K x N*K solve)"
     paper = "Bertinetto et al., ICLR 2019, https://arxiv.org/abs/1805.08136"
     transductive = False
+    batch_invariant = True
     nonfinite_propagates = True
 
     def __init__(self, alpha: float = 1.0, normalize: bool = True) -> None:

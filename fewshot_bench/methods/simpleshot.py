@@ -30,6 +30,7 @@ class SimpleShot(FewShotMethod):
     description = "CL2N (centre on base mean, L2-normalise) + nearest class mean"
     paper = "Wang et al., 2019, https://arxiv.org/abs/1911.04623"
     transductive = False
+    batch_invariant = True
     needs_base_mean = True
     nonfinite_propagates = True
 

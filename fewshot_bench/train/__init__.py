@@ -1,4 +1,6 @@
-"""Fine-tuning backbones: losses (CE, SupCon, LACLN, CLCE), the training loop, DDP helpers.
+"""Fine-tuning backbones: losses (CE, SupCon, LACLN, CLCE), the training loop.
+
+DDP helpers live in :mod:`fewshot_bench.distributed` (shared with sharded feature extraction).
 
 >>> from fewshot_bench.train import finetune
 >>> finetune(split, "conv4", loss="clce", epochs=10, out=Path("checkpoints/clce.pt"))

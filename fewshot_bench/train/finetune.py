@@ -47,14 +47,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from .. import distributed as D
 from .._io import atomic_write
 from ..errors import CheckpointError, ConfigError, DataError, FewshotBenchError, UnknownNameError
 from ..registry import close_matches
-from . import distributed as D
 from .losses import LOSSES, cross_entropy, lacln_loss, supcon_loss
 
 __all__ = ["OPTIMIZERS", "STATE_FORMAT", "finetune", "state_path"]
@@ -80,6 +79,7 @@ _RESUME_KEYS = (
     "seed",
     "embed_dim",
     "augment",
+    "flip",
     "dataset",
     "data_fingerprint",
     "n_classes",
@@ -117,6 +117,7 @@ def finetune(
     embed_dim: int = 128,
     progress: bool = True,
     augment: bool = True,
+    flip: bool = True,
     amp: bool | None = None,
     log: Callable[[dict], None] | None = None,
     backbone: nn.Module | None = None,
@@ -159,6 +160,8 @@ def finetune(
     augment: random crop with zero padding ``clamp(H // 8, 1, 8)`` + horizontal flip
         (:func:`fewshot_bench.transforms.train_augment`) on the uint8 images before the
         transform; ``False`` feeds the images as they are (both views are then identical).
+    flip: include the horizontal flip in the augmentation; turn it off where a mirror image is
+        another class (digits, text).
     amp: mixed precision autocast (bf16 where supported, else fp16 with a grad scaler);
         ``None`` → on for CUDA, off on CPU. ``True`` on CPU is a :class:`ConfigError`.
     log: called on rank 0 after every epoch (after its state is saved) with a dict
@@ -174,7 +177,7 @@ def finetune(
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from the
     environment when needed, the model is wrapped in ``DistributedDataParallel``, each rank
     trains on its slice of every global batch and the contrastive term sees the
-    embeddings of all ranks (:mod:`fewshot_bench.train.distributed`).
+    embeddings of all ranks (:mod:`fewshot_bench.distributed`).
     """
     cfg = _validate(
         split,
@@ -193,6 +196,7 @@ def finetune(
         embed_dim=embed_dim,
         out=out,
         augment=augment,
+        flip=flip,
     )
     out = Path(out)
     info = D.init_from_env()
@@ -320,7 +324,7 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
     images_u8 = split.images
     pad = max(1, min(8, int(images_u8.shape[1]) // 8))
     views = 2 if loss_name in _CONTRASTIVE else 1
-    augment_fn = _augment_fn() if cfg["augment"] else None
+    augment_fn = _augment_fn(cfg["flip"]) if cfg["augment"] else None
     main = info.rank == 0
     net.train()
 
@@ -431,6 +435,7 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
                 "seed",
                 "embed_dim",
                 "augment",
+                "flip",
                 "dataset",
                 "split",
                 "data_fingerprint",
@@ -486,25 +491,10 @@ def _batch_images(split: Any, idx: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(split.images[idx]))
 
 
-def _augment_fn() -> Callable:
-    try:
-        from ..transforms import train_augment
-    except ImportError:  # transforms not there yet: the same recipe, privately
-        return _crop_flip
-    return lambda x, g, pad: train_augment(x, g, pad)
+def _augment_fn(flip: bool) -> Callable:
+    from ..transforms import train_augment
 
-
-def _crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
-    """Random crop with zero padding + horizontal flip of uint8 ``(B, H, W, 3)`` (fallback)."""
-    b, h, w, _ = x.shape
-    dev = x.device
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).to(dev)
-    flips = (torch.rand(b, generator=generator) < 0.5).to(dev)
-    xp = F.pad(x.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1)
-    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
-    rows = offsets[:, :1] + ar_h
-    cols = offsets[:, 1:] + torch.where(flips[:, None], (w - 1) - ar_w, ar_w)
-    return xp[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]].contiguous()
+    return lambda x, g, pad: train_augment(x, g, pad, flip=flip)
 
 
 @contextlib.contextmanager
@@ -672,6 +662,7 @@ def _validate(split: Any, arch: Any, **kw: Any) -> dict:
         "seed": int(kw["seed"]),
         "embed_dim": int(kw["embed_dim"]),
         "augment": bool(kw["augment"]),
+        "flip": bool(kw["flip"]),
         "dataset": str(split.dataset),
         "split": str(split.split),
         "data_fingerprint": str(split.fingerprint),
