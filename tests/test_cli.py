@@ -112,6 +112,19 @@ def test_shipped_episode_files_are_the_canonical_draws(dataset, split, shots, re
     assert fresh.to_bytes() == shipped.read_bytes()
 
 
+@pytest.mark.parametrize("shots", [1, 5])
+def test_shipped_digits_episodes_are_the_demo_draws(shots, request, tmp_path):
+    """The demo's episode files in episodes/ are bound to scikit-learn's digits and regenerate byte for byte."""
+    from fewshot_bench.data.digits import load_digits_split
+
+    shipped = request.config.rootpath / "episodes" / default_filename("digits", "test", EpisodeSpec(shots=shots))
+    assert shipped.is_file(), f"{shipped.name} is no longer shipped in episodes/"
+    novel = load_digits_split("test", cache_dir=tmp_path)
+    fresh = EpisodeSet.from_split(EpisodeSpec(shots=shots), novel)
+    assert fresh.data_fingerprint == novel.fingerprint
+    assert fresh.to_bytes() == shipped.read_bytes()
+
+
 def test_datasets_lists_what_is_found(env, capsys):
     assert main(["datasets", "--data-root", str(env["data"])]) == 0
     out = capsys.readouterr().out
