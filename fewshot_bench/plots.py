@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,7 +21,16 @@ import numpy as np
 
 from ._io import atomic_write_bytes
 from .errors import ConfigError
-from .report import KEY, Run, _as_run, _dataset_rank, dataset_display_name, paired_accuracies, runs_frame
+from .report import (
+    KEY,
+    Run,
+    _as_run,
+    _dataset_rank,
+    dataset_display_name,
+    paired_accuracies,
+    protocol_text,
+    runs_frame,
+)
 
 __all__ = ["plot_accuracy", "plot_paired_differences", "save_figure"]
 
@@ -41,6 +51,11 @@ def save_figure(fig: matplotlib.figure.Figure, out_dir: str | os.PathLike, stem:
     finally:
         plt.close(fig)
     return paths
+
+
+def _footnote(fig: matplotlib.figure.Figure, tidy) -> None:
+    """State the protocol under the figure (every report carries it)."""
+    fig.text(0.0, 0.0, textwrap.fill(protocol_text(tidy), 160), fontsize=6, ha="left", va="top")
 
 
 def _metadata(ext: str) -> dict:
@@ -106,6 +121,7 @@ def plot_accuracy(
                 labs.append(lab)
     fig.legend(handles, labs, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
+    _footnote(fig, tidy)
     return save_figure(fig, out_dir, stem)
 
 
@@ -151,4 +167,5 @@ def plot_paired_differences(
         ax.set_visible(False)
     fig.suptitle(f"a = {ra.name}, b = {rb.name}: per-episode accuracy differences", fontsize=10)
     fig.tight_layout()
+    _footnote(fig, runs_frame([ra, rb]))
     return save_figure(fig, out_dir, stem)

@@ -424,7 +424,8 @@ def compare(
     df["p_wilcoxon_holm"] = stats.holm(df["p_wilcoxon"].to_numpy())
     for a in alphas:
         df[f"verdict_{a:g}"] = [_verdict(d, p, a) for d, p in zip(df["diff"], df["p_t_holm"], strict=True)]
-    df.attrs.update({"alpha": list(alphas), "level": level, "baseline": None if base_run is None else str(base_run.path)})
+    df.attrs.update({"alpha": list(alphas), "level": level, "baseline": None if base_run is None else str(base_run.path),
+                     "protocol": protocol_text(runs_frame(all_runs))})
     return df
 
 
@@ -461,7 +462,8 @@ def format_compare(df: pd.DataFrame) -> str:
         f"a-b: mean paired difference ± half-width of its {100 * level:g}% t-interval, in percentage points; "
         "p-values Holm-adjusted over all rows; verdict from the adjusted paired t-test."
     )
-    return out.to_string(index=False) + "\n" + note
+    protocol = df.attrs.get("protocol")
+    return out.to_string(index=False) + "\n" + note + (f"\nprotocol: {protocol}" if protocol else "")
 
 
 def _fmt_p(p: float) -> str:
@@ -486,6 +488,7 @@ def write_compare_json(df: pd.DataFrame, path: str | os.PathLike) -> None:
         "alpha": list(df.attrs.get("alpha", [])),
         "level": df.attrs.get("level"),
         "baseline": df.attrs.get("baseline"),
+        "protocol": df.attrs.get("protocol"),
         "tests": "paired t-test (scipy.stats.ttest_rel) and Wilcoxon signed-rank (zero_method='wilcox'), two-sided",
         "holm": "Holm-Bonferroni over all comparisons in this file, t and Wilcoxon separately",
         "comparisons": records,

@@ -168,7 +168,9 @@ def test_finetune_extract_eval_compare_table(tmp_path, capsys):
                    "--out", runs[-1]])
         assert rc == 0, capsys.readouterr().err
     assert main(["compare", *runs]) == 0
-    assert (tmp_path / "run-ce" / "compare.json").is_file()
+    compared = json.loads((tmp_path / "run-ce" / "compare.json").read_text())
+    assert "30 test episodes, 3-way 1-shot, 2 queries per class" in compared["protocol"]
+    assert "protocol: " in capsys.readouterr().out
     assert main(["table", *runs, "--format", "markdown", "--baseline", runs[0]]) == 0
     table = capsys.readouterr().out
     assert "±" in table and "1-shot" in table
