@@ -114,11 +114,27 @@ def _torch_load(path: str | os.PathLike, *, mmap: bool = False) -> Any:
         ) from None
     except Exception as exc:  # noqa: BLE001 - arbitrary bytes make the unpickler fail in arbitrary ways
         # (EOFError, RuntimeError, BadZipFile, IndexError from a text file, UnicodeDecodeError, ...)
-        reason = str(exc).split("\n")[0].split(". ")[0][:120] or type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {p} is not a PyTorch checkpoint or is truncated ({reason}); "
+            f"checkpoint {p} is not a PyTorch checkpoint or is truncated ({_describe_bytes(p, exc)}); "
             f"re-download it or re-save it with torch.save"
         ) from None
+
+
+def _describe_bytes(p: Path, exc: BaseException) -> str:
+    """What the file looks like, from its first bytes, for the error message."""
+    with open(p, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive torch cannot read: truncated or damaged"
+    if head[:1] == b"\x80":
+        return "a pickle that ends early or holds no checkpoint"
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html")):
+        return "an HTML page, probably a failed download"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"unknown binary content; torch said: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
 
 
 def _is_state_dict(obj: Any) -> bool:

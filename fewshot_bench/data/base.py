@@ -382,7 +382,10 @@ def decode_images(
                     np.asarray(item, dtype=np.uint8).tobytes() if not isinstance(item, bytes) else item
                 )
             )
-            with Image.open(src) as im:  # lazy: only the header is read here
+            with warnings.catch_warnings():  # the size check below replaces PIL's bomb warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(src)  # lazy: only the header is read here
+            with im:
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit and im.width * im.height > limit:  # PIL only warns below 2x its limit
                     raise Image.DecompressionBombError(
