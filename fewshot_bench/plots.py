@@ -67,8 +67,10 @@ def _bins(d: np.ndarray, default: int) -> np.ndarray | int:
     """Bin edges on the lattice of the differences (accuracies take ways*queries+1 values),
     so discrete data does not alias into spiky histograms; ``default`` bins otherwise."""
     u = np.unique(np.round(d, 9))
-    if u.size < 2:
+    if u.size == 0:
         return default
+    if u.size == 1:  # every episode differs by the same amount (e.g. identical predictions): one bar
+        return np.array([u[0] - 0.5, u[0] + 0.5])
     step = float(np.min(np.diff(u)))
     if step <= 0 or (u[-1] - u[0]) / step > 400:
         return default

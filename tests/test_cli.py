@@ -263,3 +263,22 @@ def test_help_of_every_command_renders(command, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: fewshot-bench") and "(default: None)" not in out
+
+
+def test_plot_and_diagnose_commands(tmp_path, capsys):
+    """`plot` writes PNG+PDF figures of runs; `diagnose` reports isotropy on cached features (digits, no download)."""
+    from runs import make_run
+
+    rng = np.random.default_rng(0)
+    accs = {("digits", k, "protonet"): rng.integers(0, 76, 50) / 75 for k in (1, 5)}
+    a = make_run(tmp_path / "a", accs)
+    b = make_run(tmp_path / "b", {k: np.clip(v + 0.02, 0, 1) for k, v in accs.items()})
+    assert main(["plot", str(a), str(b), "--out", str(tmp_path / "plots")]) == 0
+    written = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert written == ["accuracy.pdf", "accuracy.png", "paired_differences_a_vs_b.pdf", "paired_differences_a_vs_b.png"]
+    capsys.readouterr()
+    assert main(["diagnose", "--checkpoint", "none", "--arch", "conv4", "--dataset", "digits", "--data-root",
+                 str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "diag")]) == 0
+    out = capsys.readouterr().out
+    assert "isotropy" in out.lower()
+    assert (tmp_path / "diag" / "similarity.png").is_file() and (tmp_path / "diag" / "similarity.pdf").is_file()

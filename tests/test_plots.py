@@ -42,3 +42,11 @@ def test_plot_paired_differences_needs_same_episodes(tmp_path):
     a, b = make_run(tmp_path / "a", acc, seed=0), make_run(tmp_path / "b", acc, seed=1)
     with pytest.raises(EpisodeError, match="different episodes"):
         plots.plot_paired_differences(a, b, tmp_path / "figs")
+
+
+def test_paired_differences_with_constant_difference(tmp_path):
+    """Identical predictions give all-equal differences; the histogram is one bar, not a crash."""
+    acc = {("cifar-fs", 1, "protonet"): np.full(30, 0.6)}
+    a, b = make_run(tmp_path / "a", acc), make_run(tmp_path / "b", acc)
+    paths = plots.plot_paired_differences(a, b, tmp_path / "out")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
