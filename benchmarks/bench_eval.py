@@ -37,15 +37,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from _common import command_line, timed
 
 from fewshot_bench import evaluate as evaluate_mod
 from fewshot_bench import methods
@@ -74,13 +73,6 @@ def episode_rows(labels: np.ndarray, spec: EpisodeSpec) -> tuple[np.ndarray, np.
     return (base + support).reshape(E, -1), (base + query).reshape(E, -1)
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 # ------------------------------------------------------------------------------ implementations
@@ -332,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from fewshot_bench._io import atomic_write_json
 
-        argv_used = sys.argv[1:] if argv is None else argv
         atomic_write_json(args.json, {
-            "command": " ".join(["python benchmarks/bench_eval.py", *argv_used]),
+            "command": command_line("bench_eval.py", argv),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "platform": platform.platform(), "load_average_before": load_before,

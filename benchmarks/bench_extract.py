@@ -25,25 +25,19 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from _common import command_line, timed
 
 from fewshot_bench.backbones import create_backbone
 from fewshot_bench.features import _resolve_amp, extract_features
 from fewshot_bench.transforms import get_transform
 
 CASES = {"resnet12": ("metaoptnet-mini", 84), "conv4": ("metaoptnet-cifar", 32)}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def ours(model, images: np.ndarray, transform, device, batch: int, amp) -> np.ndarray:
@@ -78,15 +72,6 @@ def naive(model, images: np.ndarray, transform, device, batch: int, amp, workers
     return torch.cat(out).numpy()
 
 
-def timed(fn, device, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             model = create_backbone(arch, image_size=side)
             ours(model, images[: args.batch_size], transform, device, args.batch_size, amp)  # warm-up
             t_ours, f_ours = timed(lambda: ours(model, images, transform, device, args.batch_size, amp),
-                                   device, args.repeats)
+                                   args.repeats, device)
             rows.append({"arch": arch, "size": side, "pipeline": "fewshot_bench extract_features", "workers": 0,
                          "seconds": t_ours, "images_per_s": args.images / t_ours, "max_abs_diff": 0.0})
             for w in workers:
                 naive(model, images[: args.batch_size], transform, device, args.batch_size, amp, w)  # warm-up
                 t, f = timed(lambda: naive(model, images, transform, device, args.batch_size, amp, w),
-                             device, args.repeats)
+                             args.repeats, device)
                 rows.append({"arch": arch, "size": side, "pipeline": "naive PIL + torchvision DataLoader",
                              "workers": w, "seconds": t, "images_per_s": args.images / t,
                              "max_abs_diff": float(np.abs(f - f_ours).max())})
@@ -158,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from fewshot_bench._io import atomic_write_json
 
-        argv_used = sys.argv[1:] if argv is None else argv
         atomic_write_json(args.json, {
-            "command": " ".join(["python benchmarks/bench_extract.py", *argv_used]),
+            "command": command_line("bench_extract.py", argv),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "device": str(device), "device_name": dev_name,
             "amp": None if amp is None else str(amp).replace("torch.", ""),

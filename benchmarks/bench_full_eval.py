@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import command_line
 
 import fewshot_bench.benchmark as bench
 import fewshot_bench.features as features_mod
@@ -311,9 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from fewshot_bench._io import atomic_write_json
 
-        argv_used = sys.argv[1:] if argv is None else argv
         atomic_write_json(args.json, {
-            "command": " ".join(["python benchmarks/bench_full_eval.py", *argv_used]),
+            "command": command_line("bench_full_eval.py", argv),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_before": load_before,

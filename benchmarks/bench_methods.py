@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from _common import command_line, timed
 
 from fewshot_bench import methods
 
@@ -116,13 +115,6 @@ def sklearn_logistic(support: np.ndarray, query: np.ndarray, s_labels: np.ndarra
     return np.stack(preds)
 
 
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarray, shots: int):
@@ -223,11 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from fewshot_bench._io import atomic_write_json
 
-        argv_used = sys.argv[1:] if argv is None else argv
         atomic_write_json(
             args.json,
             {
-                "command": " ".join(["python benchmarks/bench_methods.py", *argv_used]),
+                "command": command_line("bench_methods.py", argv),
                 "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
