@@ -97,13 +97,17 @@ def _default_loader(cfg: EvalConfig) -> SplitLoader:
     return load
 
 
-def _transform_for(cfg: EvalConfig, dataset: str, meta: Mapping[str, Any]):
-    """``--transform``, else the one the checkpoint was fine-tuned with on this dataset, else the dataset's."""
+def eval_transform_for(transform: str | None, dataset: str, meta: Mapping[str, Any]):
+    """The eval transform of ``dataset``: ``transform`` (``--transform``) if given, else the one the
+    checkpoint (metadata ``meta``) was fine-tuned with on this dataset, else the dataset's documented one.
+
+    ``eval``, ``extract`` and ``diagnose`` all go through here, so they share cache entries.
+    """
     from .data import DATASETS
     from .transforms import get_transform
 
-    if cfg.transform:
-        return get_transform(cfg.transform)
+    if transform:
+        return get_transform(transform)
     if meta.get("transform") and meta.get("dataset") == dataset:
         return get_transform(meta["transform"])
     return get_transform(DATASETS.get(dataset).eval_transform)
@@ -125,7 +129,7 @@ def extract_all(cfg: EvalConfig, *, load_split: SplitLoader | None = None, trans
     needs_base = any(getattr(get_method_class(name), "needs_base_mean", False) for name in cfg.methods)
     meta = read_checkpoint_meta(cfg.checkpoint) if cfg.checkpoint else {}
     for dataset in cfg.datasets:
-        tf = transform if transform is not None else _transform_for(cfg, dataset, meta)
+        tf = transform if transform is not None else eval_transform_for(cfg.transform, dataset, meta)
         for split_name in dict.fromkeys((cfg.split, "train") if needs_base else (cfg.split,)):
             get_features(cfg.checkpoint, cfg.arch, load(dataset, split_name), tf, cache_dir=cfg.cache_dir,
                          device=cfg.device, batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed)
@@ -174,7 +178,7 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, tra
     transforms_used: dict[str, dict[str, str]] = {}
     for dataset in cfg.datasets:
         split = load(dataset, cfg.split)
-        tf = transform if transform is not None else _transform_for(cfg, dataset, meta)
+        tf = transform if transform is not None else eval_transform_for(cfg.transform, dataset, meta)
         transforms_used[dataset] = {"name": tf.name, "key": tf.key}
         feats = features_of(split, tf)
         base_mean = None

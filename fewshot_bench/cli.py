@@ -234,19 +234,26 @@ def cmd_episodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
+    from .backbones import read_checkpoint_meta
+
+    return read_checkpoint_meta(checkpoint) if checkpoint else {}
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .data import DATASETS, load_split
+    from .benchmark import eval_transform_for
+    from .data import load_split
     from .features import get_features
-    from .transforms import get_transform
 
     checkpoint = _checkpoint_arg(args.checkpoint)
+    meta = _checkpoint_meta(checkpoint)
     with _process_group() as info:  # torchrun: each rank embeds a shard, rank 0 writes the cache
         main, progress = info.rank == 0, _progress() and info.rank == 0
         for dataset in args.dataset:
             for split_name in args.split:
                 split = load_split(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
                                    image_size=args.image_size, progress=progress)
-                tf = get_transform(args.transform or DATASETS.get(dataset).eval_transform)
+                tf = eval_transform_for(args.transform, dataset, meta)
                 feats = get_features(checkpoint, args.arch, split, tf, cache_dir=args.cache_dir,
                                      device=args.device, batch_size=args.batch_size, progress=progress)
                 if main:
@@ -256,17 +263,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .data import DATASETS, load_split
+    from .data import load_split
     from .train import finetune
 
     split = load_split(args.dataset, "train", args.data_root, cache_dir=args.cache_dir,
                        image_size=args.image_size, progress=_progress())
-    transform = args.transform or DATASETS.get(args.dataset).eval_transform
     path = finetune(split, args.arch, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
                     momentum=args.momentum, warmup_epochs=args.warmup_epochs, embed_dim=args.embed_dim,
                     augment=args.augment, flip=args.flip, temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
-                    out=Path(args.out), resume=args.resume, transform=transform, progress=_progress())
+                    out=Path(args.out), resume=args.resume, transform=args.transform, progress=_progress())
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(f"wrote {path}")
     return 0
@@ -351,15 +357,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .data import DATASETS, load_split
+    from .benchmark import eval_transform_for
+    from .data import load_split
     from .diagnose import diagnose, format_diagnosis
     from .features import get_features
-    from .transforms import get_transform
 
+    checkpoint = _checkpoint_arg(args.checkpoint)
     split = load_split(args.dataset, args.split, args.data_root, cache_dir=args.cache_dir,
                        image_size=args.image_size, progress=_progress())
-    tf = get_transform(args.transform or DATASETS.get(args.dataset).eval_transform)
-    feats = get_features(_checkpoint_arg(args.checkpoint), args.arch, split, tf, cache_dir=args.cache_dir,
+    tf = eval_transform_for(args.transform, args.dataset, _checkpoint_meta(checkpoint))
+    feats = get_features(checkpoint, args.arch, split, tf, cache_dir=args.cache_dir,
                          device=args.device, batch_size=args.batch_size, progress=_progress())
     result = diagnose(feats, np.asarray(split.labels), out_dir=args.out, seed=args.seed)
     print(format_diagnosis(result))

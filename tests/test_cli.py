@@ -282,3 +282,23 @@ def test_plot_and_diagnose_commands(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "isotropy" in out.lower()
     assert (tmp_path / "diag" / "similarity.png").is_file() and (tmp_path / "diag" / "similarity.pdf").is_file()
+
+
+def test_extract_fills_the_entry_eval_reads_for_a_finetuned_checkpoint(tmp_path, capsys, monkeypatch):
+    """extract and eval pick the same transform (the checkpoint's own), so eval never rebuilds the backbone."""
+    data = synth.write_image_folder(tmp_path / "folder", style="split-folders", per_class=4)
+    common = ["--dataset", "image-folder", "--data-root", str(data), "--image-size", "16",
+              "--cache-dir", str(tmp_path / "cache")]
+    ckpt = str(tmp_path / "ce.pt")
+    assert main(["finetune", "--arch", "conv4", *common, "--epochs", "1", "--batch-size", "4",
+                 "--transform", "unit", "--out", ckpt]) == 0
+    assert main(["extract", "--checkpoint", ckpt, "--arch", "conv4", *common, "--split", "test"]) == 0
+    assert "(transform unit)" in capsys.readouterr().out  # not the dataset default, imagenet-84
+    import fewshot_bench.features as features
+    monkeypatch.setattr(features, "create_backbone", lambda *a, **k: pytest.fail("backbone was rebuilt"),
+                        raising=False)
+    assert main(["eval", "--checkpoint", ckpt, "--arch", "conv4", *common, "--ways", "3", "--shots", "1",
+                 "--queries", "2", "--episodes", "10", "--episodes-dir", str(tmp_path / "eps"),
+                 "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["transforms"]["image-folder"]["name"] == "unit"
