@@ -29,8 +29,8 @@ from .errors import ConfigError
 from .evaluate import evaluate_episodes
 from .stats import mean_ci
 
-__all__ = ["EvalConfig", "RUN_FORMAT_VERSION", "RunResult", "extract_all", "format_summary", "run_benchmark",
-           "write_run"]
+__all__ = ["EvalConfig", "ModelPlan", "RUN_FORMAT_VERSION", "RunResult", "check_load", "extract_all", "format_summary",
+           "plan_model", "run_benchmark", "write_run"]
 
 RUN_FORMAT_VERSION = 1
 PER_EPISODE_COLUMNS = ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
@@ -41,7 +41,7 @@ class EvalConfig:
     """Everything that defines an evaluation run (recorded verbatim in ``summary.json``)."""
 
     checkpoint: str | None
-    arch: str
+    arch: str | None
     datasets: Sequence[str]
     data_root: str | None = None
     split: str = "test"
@@ -60,11 +60,21 @@ class EvalConfig:
     batch_size: int = 256
     ci_method: str = "t"
     progress: bool = True
+    preset: str | None = None
+    pool: str | None = None
+    arch_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    force_protocol: bool = False
+    allow_partial: bool = False
+
+    def plan(self) -> ModelPlan:
+        return plan_model(self.checkpoint, self.arch, self.datasets, preset=self.preset, transform=self.transform,
+                          pool=self.pool, arch_kwargs=self.arch_kwargs, force=self.force_protocol)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shots"], d["datasets"], d["methods"] = list(self.shots), list(self.datasets), list(self.methods)
         d["method_params"] = {k: dict(v) for k, v in self.method_params.items()}
+        d["arch_kwargs"] = dict(self.arch_kwargs)
         return d
 
 
@@ -97,52 +107,103 @@ def _default_loader(cfg: EvalConfig) -> SplitLoader:
     return load
 
 
-def eval_transform_for(transform: str | None, dataset: str, meta: Mapping[str, Any]):
-    """The eval transform of ``dataset``: ``transform`` (``--transform``) if given, else the one the
-    checkpoint (metadata ``meta``) was fine-tuned with on this dataset, else the dataset's documented one.
+@dataclass(frozen=True)
+class ModelPlan:
+    """What one checkpoint is evaluated as: the architecture, its keyword arguments and, per
+    dataset, the input :class:`~fewshot_bench.protocol.Protocol`.
 
-    ``eval``, ``extract`` and ``diagnose`` all go through here, so they share cache entries.
+    ``eval``, ``extract`` and ``diagnose`` all build it with :func:`plan_model`, so they share
+    cache entries and refuse the same contradictions.
     """
+
+    checkpoint: str | None
+    arch: str
+    arch_kwargs: Mapping[str, Any]
+    preset: str | None
+    meta: Mapping[str, Any]
+    protocols: Mapping[str, Any]  # dataset -> Protocol
+
+    def features_kwargs(self, dataset: str) -> dict[str, Any]:
+        """``arch_kwargs`` for :func:`~fewshot_bench.features.get_features` on ``dataset`` (adds the pooling)."""
+        pool = self.protocols[dataset].pool
+        return {**self.arch_kwargs, **({"pool": pool} if pool is not None else {})}
+
+
+def plan_model(checkpoint: str | None, arch: str | None, datasets: Sequence[str], *, preset: str | None = None,
+               transform: str | None = None, pool: str | None = None,
+               arch_kwargs: Mapping[str, Any] | None = None, force: bool = False) -> ModelPlan:
+    """Resolve the architecture and the per-dataset protocol of ``checkpoint`` (see
+    :func:`fewshot_bench.protocol.resolve_protocol`): ``--preset``, else the checkpoint's stored
+    protocol, else the dataset's documented transform; contradicting flags fail unless ``force``.
+    """
+    from .backbones import check_arch, read_checkpoint_meta
     from .data import DATASETS
-    from .transforms import get_transform
+    from .protocol import PRESETS, check_arch_agrees, resolve_protocol
 
-    if transform:
-        return get_transform(transform)
-    if meta.get("transform") and meta.get("dataset") == dataset:
-        return get_transform(meta["transform"])
-    return get_transform(DATASETS.get(dataset).eval_transform)
+    meta = read_checkpoint_meta(checkpoint) if checkpoint else {}
+    if arch is not None:
+        arch = check_arch(arch)  # a typo answers with close names before any agreement check
+    arch = check_arch(check_arch_agrees(arch, preset=preset, meta=meta, force=force))
+    kwargs = {**(dict(PRESETS.get(preset).arch_kwargs) if preset else {}), **dict(arch_kwargs or {})}
+    protocols = {d: resolve_protocol(d, DATASETS.get(d).eval_transform, preset=preset, meta=meta,
+                                     transform=transform, pool=pool, force=force) for d in datasets}
+    return ModelPlan(checkpoint, arch, kwargs, preset, meta, protocols)
 
 
-def extract_all(cfg: EvalConfig, *, load_split: SplitLoader | None = None, transform=None) -> None:
+def check_load(plan: ModelPlan, split: Any, *, allow_partial: bool = False) -> Any:
+    """Account for every key of ``plan.checkpoint`` against the model :func:`get_features` builds for
+    ``split`` (on the ``meta`` device, a dry run); return the :class:`~fewshot_bench.backbones.LoadReport`
+    (``None`` for ``--checkpoint none``).
+
+    Runs on every evaluation, also when the features are cached, so the report is always current
+    and a checkpoint that does not fit fails before any extraction.
+    """
+    if plan.checkpoint is None:
+        return None
+    import torch
+
+    from .backbones import create_backbone, load_checkpoint
+
+    side = plan.protocols[split.dataset].transform.size or int(split.images.shape[1])
+    with torch.device("meta"):  # shapes only: no weights in memory, nothing copied
+        model = create_backbone(plan.arch, **{"image_size": side, **plan.features_kwargs(split.dataset)})
+    return load_checkpoint(plan.checkpoint, model, allow_partial=allow_partial, dry_run=True)
+
+
+def extract_all(cfg: EvalConfig, *, load_split: SplitLoader | None = None) -> None:
     """Fill the feature cache for everything :func:`run_benchmark` will read, and nothing else.
 
     Under ``torchrun`` every rank calls it (each :func:`~fewshot_bench.features.get_features`
     is a collective that shards the images across ranks); then rank 0 alone runs
     :func:`run_benchmark`, which finds every array in the cache.
     """
-    from .backbones import check_arch, read_checkpoint_meta
-    from .features import get_features
     from .methods import get_method_class
 
-    check_arch(cfg.arch)
+    plan = cfg.plan()
     load = load_split or _default_loader(cfg)
     needs_base = any(getattr(get_method_class(name), "needs_base_mean", False) for name in cfg.methods)
-    meta = read_checkpoint_meta(cfg.checkpoint) if cfg.checkpoint else {}
     for dataset in cfg.datasets:
-        tf = transform if transform is not None else eval_transform_for(cfg.transform, dataset, meta)
         for split_name in dict.fromkeys((cfg.split, "train") if needs_base else (cfg.split,)):
-            get_features(cfg.checkpoint, cfg.arch, load(dataset, split_name), tf, cache_dir=cfg.cache_dir,
-                         device=cfg.device, batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed)
+            _features(cfg, plan, load(dataset, split_name))
 
 
-def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, transform=None,
+def _features(cfg: EvalConfig, plan: ModelPlan, split: Any) -> np.ndarray:
+    from .features import get_features
+
+    return get_features(plan.checkpoint, plan.arch, split, plan.protocols[split.dataset].transform,
+                        cache_dir=cfg.cache_dir, device=cfg.device, batch_size=cfg.batch_size,
+                        progress=cfg.progress, seed=cfg.seed, arch_kwargs=plan.features_kwargs(split.dataset),
+                        allow_partial=cfg.allow_partial)
+
+
+def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
                   log: Callable[[str], None] = print) -> RunResult:
     """Evaluate ``cfg.methods`` on every dataset × shots of ``cfg`` and collect the results.
 
     ``load_split(dataset, split) -> Split`` replaces the on-disk loaders (the demo passes
-    its in-memory digits); ``transform`` overrides the per-dataset eval transform.
+    its in-memory digits). ``log`` receives the provenance lines (checkpoint, load report,
+    protocol) and notes such as newly written episode files.
     """
-    from .features import get_features
     from .methods import create as create_method
     from .methods import get_method_class
 
@@ -152,9 +213,7 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, tra
         raise ConfigError("--dataset needs at least one dataset name; see `fewshot-bench datasets`")
     if not cfg.methods:
         raise ConfigError("--methods needs at least one method name; see `fewshot-bench methods`")
-    from .backbones import check_arch
-
-    check_arch(cfg.arch)  # fail on a typo before any data is decoded
+    plan = cfg.plan()  # unknown arch / preset and contradicting flags fail before any data is decoded
     specs = [EpisodeSpec(cfg.ways, k, cfg.queries, cfg.episodes, cfg.seed) for k in cfg.shots]
     load = load_split or _default_loader(cfg)
     method_classes = {name: get_method_class(name) for name in cfg.methods}  # unknown names fail here
@@ -164,26 +223,31 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, tra
                           f"{' '.join(cfg.methods)}")
     needs_base = {name for name, cls in method_classes.items() if getattr(cls, "needs_base_mean", False)}
     checkpoint_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
-    meta: dict[str, Any] = {}
-    if cfg.checkpoint:
-        from .backbones import read_checkpoint_meta
-
-        meta = read_checkpoint_meta(cfg.checkpoint)
-
-    def features_of(split, tf):
-        return get_features(cfg.checkpoint, cfg.arch, split, tf, cache_dir=cfg.cache_dir, device=cfg.device,
-                            batch_size=cfg.batch_size, progress=cfg.progress, seed=cfg.seed)
+    provenance = (f"checkpoint {cfg.checkpoint or 'none (random initialisation)'}"
+                  + (f" sha256 {checkpoint_sha[:16]}…" if checkpoint_sha else "")
+                  + f"; arch {plan.arch}" + (f"; preset {plan.preset}" if plan.preset else ""))
 
     frames, results, episode_files = [], [], []
     transforms_used: dict[str, dict[str, str]] = {}
+    load_reports: dict[str, Any] = {}
+    feature_dims: dict[str, int] = {}
     for dataset in cfg.datasets:
         split = load(dataset, cfg.split)
-        tf = transform if transform is not None else eval_transform_for(cfg.transform, dataset, meta)
-        transforms_used[dataset] = {"name": tf.name, "key": tf.key}
-        feats = features_of(split, tf)
+        protocol = plan.protocols[dataset]
+        report = check_load(plan, split, allow_partial=cfg.allow_partial)
+        if provenance:  # printed once the checkpoint is known to fit: a refusal stays one line
+            log(provenance)
+            provenance = ""
+        if report is not None:
+            load_reports[dataset] = report.to_json()
+            log(f"{dataset}: load {report.summary()}")
+        log(f"{dataset}: protocol {protocol.describe()}")
+        transforms_used[dataset] = {"name": protocol.transform.name, "key": protocol.transform.key}
+        feats = _features(cfg, plan, split)
+        feature_dims[dataset] = int(feats.shape[1])
         base_mean = None
         if needs_base:  # SimpleShot-style methods centre on the mean feature of the base (train) split
-            base_mean = np.asarray(features_of(load(dataset, "train"), tf), dtype=np.float64).mean(0)
+            base_mean = np.asarray(_features(cfg, plan, load(dataset, "train")), dtype=np.float64).mean(0)
         methods = {name: create_method(name, **dict(cfg.method_params.get(name, {})),
                                        **({"base_mean": base_mean} if name in needs_base else {}))
                    for name in cfg.methods}
@@ -216,7 +280,11 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None, tra
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_json(),
         "transforms": transforms_used,
-        "checkpoint": {"path": cfg.checkpoint, "sha256": checkpoint_sha, "arch": cfg.arch, "meta": _plain(meta)},
+        "checkpoint": {"path": cfg.checkpoint, "sha256": checkpoint_sha, "arch": plan.arch,
+                       "arch_kwargs": _plain(dict(plan.arch_kwargs)), "preset": plan.preset,
+                       "format": next((r.get("format") for r in load_reports.values()), None),
+                       "load_report": next(iter(load_reports.values()), None), "meta": _plain(dict(plan.meta))},
+        "protocols": {d: {**p.to_json(), "feature_dim": feature_dims[d]} for d, p in plan.protocols.items()},
         "packages": package_versions(),
         "episode_files": episode_files,
         "results": results,

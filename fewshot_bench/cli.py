@@ -97,15 +97,35 @@ def _add_data_flags(p: argparse.ArgumentParser, *, many: bool = True) -> None:
                         "~/.cache/fewshot-bench)")
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="backbone checkpoint (.pt/.pth; nested state_dict/model/EMA and module. prefixes are "
-                        "understood); 'none' evaluates a randomly initialised backbone (a sanity baseline)")
-    p.add_argument("--arch", required=True, metavar="ARCH",
-                   help="conv4, resnet12, or any timm model as timm:NAME (e.g. timm:resnet50)")
+def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = False) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", nargs="+" if many else None,
+                   help="backbone checkpoint (.pt/.pth/.safetensors; the RFS, MetaOptNet, FEAT, S2M2, ProtoNet, "
+                        "easyfsl, LibFewShot and timm layouts are recognised and every key must be accounted for); "
+                        "'none' evaluates a randomly initialised backbone (a sanity baseline)"
+                        + ("; several checkpoints (e.g. one per fine-tuning seed) give one run folder each" if many
+                           else ""))
+    p.add_argument("--arch", default=None, metavar="ARCH",
+                   help="architecture (see `fewshot-bench archs`): conv4, resnet12, seresnet12, wrn28_10, resnet18, "
+                        "or any timm model as timm:NAME (default: the preset's, else the checkpoint's own)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a paper's evaluation protocol: architecture, image size, normalisation and pooling "
+                        "(rfs-resnet12, rfs-seresnet12, metaoptnet-resnet12, feat-resnet12, s2m2-wrn28, "
+                        "protonet-conv4; see `fewshot-bench archs`)")
     p.add_argument("--transform", default=None, metavar="NAME",
-                   help="eval transform preset (default: the dataset's documented one), e.g. metaoptnet-cifar, "
-                        "metaoptnet-mini, imagenet-84, imagenet-224")
+                   help="eval transform (default: the preset's, else the checkpoint's stored protocol, else the "
+                        "dataset's documented one), e.g. metaoptnet-cifar, metaoptnet-mini, imagenet-84, imagenet-224")
+    p.add_argument("--pool", default=None, choices=["avg", "none"],
+                   help="pooling of the final feature map: avg (global average) or none (flattened, MetaOptNet) "
+                        "(default: the preset's, else the checkpoint's, else the architecture's own)")
+    p.add_argument("--arch-kw", action="append", metavar="NAME=VALUE",
+                   help="architecture keyword argument, repeatable, e.g. --arch-kw hidden=32 for a narrow Conv-4")
+    p.add_argument("--force-protocol", action="store_true",
+                   help="let --arch/--transform/--pool override the preset's or the checkpoint's protocol "
+                        "(recorded in summary.json)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="load a checkpoint that does not fully fit --arch: copy the tensors that fit, leave the "
+                        "rest at random initialisation and print the load report (missing, unexpected and "
+                        "mismatched keys) instead of refusing; the report is recorded in summary.json")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass")
 
@@ -163,37 +183,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .benchmark import EvalConfig, format_summary, run_benchmark, write_run
+def _arch_kwargs(items: list[str] | None) -> dict[str, Any]:
+    """``["hidden=32"]`` -> ``{"hidden": 32}`` (values parsed as JSON when they are)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--arch-kw {item!r} is not NAME=VALUE, e.g. --arch-kw hidden=32")
+        out[key.strip()] = _parse_value(value)
+    return out
 
-    cfg = EvalConfig(
-        checkpoint=_checkpoint_arg(args.checkpoint), arch=args.arch, datasets=args.dataset,
-        data_root=args.data_root, split=args.split, ways=args.ways, shots=tuple(args.shots),
-        queries=args.queries, episodes=args.episodes, seed=args.seed, methods=args.methods,
-        method_params=_method_params(args.param), transform=args.transform, image_size=args.image_size,
-        cache_dir=args.cache_dir, episodes_dir=args.episodes_dir, device=args.device,
-        batch_size=args.batch_size, ci_method=args.ci, progress=_progress())
+
+def _eval_config(args: argparse.Namespace, checkpoint: str | None, **kw: Any):
+    from .benchmark import EvalConfig
+
+    return EvalConfig(
+        checkpoint=checkpoint, arch=args.arch, datasets=args.dataset if isinstance(args.dataset, list) else
+        [args.dataset], data_root=args.data_root, transform=args.transform, image_size=args.image_size,
+        cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size, progress=_progress(),
+        preset=args.preset, pool=args.pool, arch_kwargs=_arch_kwargs(args.arch_kw),
+        force_protocol=args.force_protocol, allow_partial=getattr(args, "allow_partial", False), **kw)
+
+
+def _run_dirs(out: str, checkpoints: list[str | None]) -> list[Path]:
+    """One run folder per checkpoint: ``OUT`` itself for one, ``OUT/<checkpoint stem>`` for several."""
+    if len(checkpoints) == 1:
+        return [Path(out)]
+    stems = [Path(c).stem if c else "none" for c in checkpoints]
+    if len(set(stems)) < len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise ConfigError(f"--checkpoint names two files with the stem {dup!r}; their run folders under --out "
+                          f"would collide; rename one")
+    return [Path(out) / s for s in stems]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .benchmark import extract_all, format_summary, run_benchmark, write_run
+
+    checkpoints = [_checkpoint_arg(c) for c in args.checkpoint]
+    dirs = _run_dirs(args.out, checkpoints)
     log = functools.partial(print, file=sys.stderr)
+    configs = [_eval_config(args, c, split=args.split, ways=args.ways, shots=tuple(args.shots),
+                            queries=args.queries, episodes=args.episodes, seed=args.seed, methods=args.methods,
+                            method_params=_method_params(args.param), episodes_dir=args.episodes_dir,
+                            ci_method=args.ci) for c in checkpoints]
+    for cfg in configs:
+        cfg.plan()  # every checkpoint's arch and protocol checked before the first is evaluated
     with _process_group() as info:  # torchrun: every rank extracts its shard, rank 0 evaluates
         if info.distributed:
             import dataclasses
 
             import torch.distributed as dist
 
-            from .benchmark import extract_all
-
-            extract_all(dataclasses.replace(cfg, progress=cfg.progress and info.rank == 0))
+            for cfg in configs:
+                extract_all(dataclasses.replace(cfg, progress=cfg.progress and info.rank == 0))
             dist.barrier()
             dist.destroy_process_group()  # rank 0 goes on alone; the others are done
             if info.rank != 0:
                 return 0
-    result = run_benchmark(cfg, log=log)
-    paths = write_run(args.out, result)
-    if args.json:
-        print(json.dumps(result.summary, indent=2, sort_keys=True))
-    else:
-        print(format_summary(result.summary))
-        print(f"wrote {paths['per_episode']}, {paths['summary']}, {paths['summary_csv']}")
+    for cfg, out in zip(configs, dirs):
+        result = run_benchmark(cfg, log=log)
+        paths = write_run(out, result)
+        if args.json:
+            print(json.dumps(result.summary, indent=2, sort_keys=True))
+        else:
+            print(format_summary(result.summary))
+            print(f"wrote {paths['per_episode']}, {paths['summary']}, {paths['summary_csv']}")
     return 0
 
 
@@ -234,48 +289,116 @@ def cmd_episodes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
-    from .backbones import read_checkpoint_meta
-
-    return read_checkpoint_meta(checkpoint) if checkpoint else {}
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .benchmark import eval_transform_for
+    from .benchmark import check_load
     from .data import load_split
     from .features import get_features
 
     checkpoint = _checkpoint_arg(args.checkpoint)
-    meta = _checkpoint_meta(checkpoint)
+    plan = _eval_config(args, checkpoint).plan()
     with _process_group() as info:  # torchrun: each rank embeds a shard, rank 0 writes the cache
         main, progress = info.rank == 0, _progress() and info.rank == 0
         for dataset in args.dataset:
             for split_name in args.split:
                 split = load_split(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
                                    image_size=args.image_size, progress=progress)
-                tf = eval_transform_for(args.transform, dataset, meta)
-                feats = get_features(checkpoint, args.arch, split, tf, cache_dir=args.cache_dir,
-                                     device=args.device, batch_size=args.batch_size, progress=progress)
+                report = check_load(plan, split, allow_partial=args.allow_partial)
+                protocol = plan.protocols[dataset]
+                feats = get_features(checkpoint, plan.arch, split, protocol.transform, cache_dir=args.cache_dir,
+                                     device=args.device, batch_size=args.batch_size, progress=progress,
+                                     arch_kwargs=plan.features_kwargs(dataset), allow_partial=args.allow_partial)
                 if main:
+                    if report is not None:
+                        print(f"{dataset}/{split_name}: load {report.summary()}")
                     print(f"{dataset}/{split_name}: features {feats.shape[0]}×{feats.shape[1]} cached "
-                          f"(transform {tf.name})")
+                          f"(transform {protocol.transform.name})\n  protocol {protocol.describe()}")
     return 0
+
+
+class _FinetuneFormatter(_Formatter):
+    """Fills ``{losses}`` in a help text with the loss registry, only when help is printed (imports torch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action)
+        if "{losses}" in text:
+            try:
+                from .train.losses import available_losses
+
+                names = ", ".join(available_losses())
+            except Exception:  # noqa: BLE001 - help must print even if a plug-in is broken
+                names = "see docs/losses.md"
+            text = text.replace("{losses}", names)
+        return text
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .data import load_split
-    from .train import finetune
+    from .train import finetune_seeds
 
+    if args.seed is not None and args.seeds is not None:
+        raise ConfigError("give --seed S or --seeds S [S ...], not both")
+    seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
     split = load_split(args.dataset, "train", args.data_root, cache_dir=args.cache_dir,
                        image_size=args.image_size, progress=_progress())
-    path = finetune(split, args.arch, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
-                    lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                    momentum=args.momentum, warmup_epochs=args.warmup_epochs, embed_dim=args.embed_dim,
-                    augment=args.augment, flip=args.flip, temperature=args.temperature, lam=args.lam, seed=args.seed, device=args.device,
-                    out=Path(args.out), resume=args.resume, transform=args.transform, progress=_progress())
+    val_split = None
+    if args.val_every:
+        try:
+            val_split = load_split(args.dataset, "val", args.data_root, cache_dir=args.cache_dir,
+                                   image_size=args.image_size, progress=_progress())
+        except FewshotBenchError as exc:
+            raise ConfigError(f"--val-every {args.val_every} needs the val split of {args.dataset}: {exc}; "
+                              f"drop --val-every or provide the val split") from None
+    paths = finetune_seeds(
+        split, args.arch, seeds=seeds, out=Path(args.out), log_file=args.log, loss=args.loss,
+        lam=args.lam, temperature=args.temperature, beta=args.beta, contrast_on=args.contrast_on,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, momentum=args.momentum, warmup_epochs=args.warmup_epochs,
+        embed_dim=args.embed_dim, augment=args.augment, flip=args.flip, device=args.device,
+        resume=args.resume, transform=args.transform, image_size=args.image_size, pretrained=args.pretrained,
+        val_split=val_split, val_every=args.val_every, val_episodes=args.val_episodes, val_ways=args.val_ways,
+        val_shots=args.val_shots, val_queries=args.val_queries, keep=args.keep, progress=_progress())
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        for path in paths:
+            print(f"wrote {path}")
+    return 0
+
+
+def _study(args: argparse.Namespace, *, sweep: str | None = None):
+    from .studies import Study
+
+    ft = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+          "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "temperature": args.temperature,
+          "lam": args.lam, "beta": args.beta, "contrast_on": args.contrast_on, "transform": args.transform,
+          "image_size": args.train_image_size, "augment": args.augment, "flip": args.flip}
+    return Study(arch=args.arch, datasets=args.dataset, losses=args.losses, seeds=args.seeds,
+                 finetune={k: v for k, v in ft.items() if v is not None}, sweep=sweep,
+                 values=getattr(args, "values", None) or (), shots=tuple(args.shots), ways=args.ways,
+                 queries=args.queries, episodes=args.episodes, episode_seed=args.seed, methods=args.methods,
+                 aggregate=args.aggregate)
+
+
+def _run_study(args: argparse.Namespace, study) -> int:
+    from .data import load_split
+    from .studies import run_study
+
+    def load(dataset: str, split: str):
+        return load_split(dataset, split, args.data_root, cache_dir=args.cache_dir, image_size=args.image_size,
+                          progress=_progress())
+
+    files = run_study(study, args.out, load_split=load, cache_dir=args.cache_dir, episodes_dir=args.episodes_dir,
+                      device=args.device, progress=_progress(), log=functools.partial(print, file=sys.stderr))
+    print(files["table_md"].read_text())
+    for path in files.values():
         print(f"wrote {path}")
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    return _run_study(args, _study(args))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    return _run_study(args, _study(args, sweep=args.setting))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -302,12 +425,42 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archs(args: argparse.Namespace) -> int:
+    from .backbones import list_architectures
+    from .protocol import PRESETS
+
+    presets = [{"preset": p.name, "arch": p.arch, "arch_kwargs": dict(p.arch_kwargs), "pool": p.pool,
+                "transforms": {fam: t.key for fam, t in p.transforms.items()}, "source": p.source}
+               for p in (PRESETS.get(n) for n in PRESETS.list())]
+    if args.json:
+        print(json.dumps({"architectures": list_architectures(), "presets": presets}, indent=2))
+        return 0
+    print("architectures: " + ", ".join(list_architectures()) + ", timm:<any timm model>")
+    print("\npresets (--preset):")
+    for p in (PRESETS.get(n) for n in PRESETS.list()):
+        sets = "; ".join(f"{fam} {t.name} {t.size} px" + (f" resize {t.resize}" if t.resize else "")
+                         for fam, t in p.transforms.items())
+        print(f"  {p.name:<20} {p.arch} pool={p.pool}; {sets}\n  {'':<20} {p.source}")
+    return 0
+
+
+def _row_labels_arg(items: list[str] | None) -> dict[str, str]:
+    """``--label RUN=TEXT`` (repeatable) as ``{run path: text}``; one text for several runs groups their seeds."""
+    labels = {}
+    for item in items or []:
+        run, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--label {item!r} is not RUN=TEXT, e.g. --label reports/a='ResNet-12 + CLCE'")
+        labels[str(Path(run))] = text
+    return labels
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .report import compare, format_compare, load_run, write_compare_json
 
     runs = [load_run(p) for p in args.runs]
     baseline = load_run(args.baseline) if args.baseline else None
-    df = compare(runs, baseline=baseline)
+    df = compare(runs, baseline=baseline, labels=_row_labels_arg(args.label), aggregate=args.aggregate)
     print(format_compare(df))
     out = Path(args.out) if args.out else Path(args.runs[0]) / "compare.json"
     write_compare_json(df, out)
@@ -319,15 +472,11 @@ def cmd_table(args: argparse.Namespace) -> int:
     from ._io import atomic_write
     from .report import load_run, make_table
 
-    labels = {}
-    for item in args.label or []:
-        run, sep, text = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--label {item!r} is not RUN=TEXT, e.g. --label reports/a='ResNet-12 + CLCE'")
-        labels[str(Path(run))] = text
+    labels = _row_labels_arg(args.label)
     runs = [load_run(p) for p in args.runs]
     baseline = load_run(args.baseline) if args.baseline else None
-    text = make_table(runs, fmt=args.format, baseline=baseline, labels=labels, caption=args.caption)
+    text = make_table(runs, fmt=args.format, baseline=baseline, labels=labels, caption=args.caption,
+                      aggregate=args.aggregate, with_literature=args.with_literature)
     if args.out:
         with atomic_write(args.out, "w") as f:
             f.write(text)
@@ -357,19 +506,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .benchmark import eval_transform_for
+    from .benchmark import check_load
     from .data import load_split
     from .diagnose import diagnose, format_diagnosis
     from .features import get_features
 
     checkpoint = _checkpoint_arg(args.checkpoint)
+    plan = _eval_config(args, checkpoint).plan()
     split = load_split(args.dataset, args.split, args.data_root, cache_dir=args.cache_dir,
                        image_size=args.image_size, progress=_progress())
-    tf = eval_transform_for(args.transform, args.dataset, _checkpoint_meta(checkpoint))
-    feats = get_features(checkpoint, args.arch, split, tf, cache_dir=args.cache_dir,
-                         device=args.device, batch_size=args.batch_size, progress=_progress())
+    report = check_load(plan, split, allow_partial=args.allow_partial)
+    if report is not None:
+        print(f"load {report.summary()}", file=sys.stderr)
+    feats = get_features(checkpoint, plan.arch, split, plan.protocols[args.dataset].transform,
+                         cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size,
+                         progress=_progress(), arch_kwargs=plan.features_kwargs(args.dataset),
+                         allow_partial=args.allow_partial)
     result = diagnose(feats, np.asarray(split.labels), out_dir=args.out, seed=args.seed)
     print(format_diagnosis(result))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .backbones.convert import convert_checkpoint
+
+    out = convert_checkpoint(args.src, args.out, trust_source=args.trust_source)
+    print(f"wrote {out}: a plain state dict; load it with --checkpoint {out}")
     return 0
 
 
@@ -400,8 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("eval", cmd_eval, "benchmark a checkpoint: mean accuracy ± 95%% CI over fixed episodes",
             "Evaluate a backbone checkpoint on one or more benchmarks over fixed episode files; writes "
-            "RUN/per_episode.csv, RUN/summary.json and RUN/summary.csv and prints a table.")
-    _add_model_flags(p)
+            "RUN/per_episode.csv, RUN/summary.json and RUN/summary.csv and prints a table. The checkpoint's "
+            "sha256, detected format, load report and the input protocol used are printed and stored.\n\n"
+            "example:\n  fewshot-bench eval --checkpoint rfs_resnet12_last.pth --preset rfs-resnet12 \\\n"
+            "      --dataset miniimagenet --data-root ~/data --out reports/rfs")
+    _add_model_flags(p, many=True)
     _add_data_flags(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
     _add_episode_flags(p)
@@ -433,11 +598,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"])
 
     p = add("finetune", cmd_finetune, "fine-tune a backbone on a benchmark's train split",
-            "Train ARCH with a linear head on the train split and write a checkpoint with metadata "
-            "(arch, loss, dataset, epochs, seed, data fingerprint) that eval and table use.")
-    p.add_argument("--arch", required=True, metavar="ARCH")
+            "Train ARCH on the train split with any registered loss (CE, SupCon, CLCE, ...) and write a "
+            "checkpoint whose metadata (arch, loss and its parameters, seed, data fingerprint, input "
+            "protocol, val results) eval and table use, plus a per-epoch JSONL log.\n\n"
+            "example (3 initialisations, validated every 5 epochs, best-on-val kept):\n"
+            "  fewshot-bench finetune --arch resnet12 --dataset miniimagenet --data-root ~/data \\\n"
+            "      --loss clce --lam 0.9 --temperature 0.5 --epochs 100 --batch-size 128 \\\n"
+            "      --seeds 0 1 2 --val-every 5 --keep best --out checkpoints/resnet12-clce.pt\n"
+            "  # -> checkpoints/resnet12-clce-seed{0,1,2}.pt and .log.jsonl")
+    p.formatter_class = _FinetuneFormatter
+    p.add_argument("--arch", required=True, metavar="ARCH",
+                   help="conv4, resnet12, or any timm model as timm:NAME (e.g. timm:resnet101)")
     _add_data_flags(p, many=False)
-    p.add_argument("--loss", default="ce", help="ce, supcon, clce (CE + label-aware contrastive), clce-nohnm")
+    p._option_string_actions["--image-size"].help = (
+        "train at PX x PX: the input transform resizes to it (no crop) and the checkpoint records it; "
+        "image folders are also decoded at this size (default: the transform's / data's native size)")
+    p.add_argument("--loss", default="ce", metavar="LOSS",
+                   help="training loss: {losses}; or path/to/file.py:ClassName (a TrainingLoss subclass)")
+    p.add_argument("--lam", type=float, default=None,
+                   help="λ of the CE/contrastive mixes: (1-λ)·CE + λ·contrastive (default: the loss's, 0.9)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="τ of the contrastive term (default: the loss's, e.g. 0.5 for CLCE, 0.1 for SupCon)")
+    p.add_argument("--beta", type=float, default=None, help="concentration β of the H-SCL losses (default: 1.0)")
+    p.add_argument("--contrast-on", default="encoder", choices=["encoder", "projection"],
+                   help="where the contrastive term acts: the backbone's embedding (the CLCE paper) or a "
+                        "projection head (SupCon); recorded in the checkpoint")
     p.add_argument("--epochs", type=_positive_int, required=True)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -445,18 +630,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--warmup-epochs", type=_nonneg_int, default=0, help="linear warm-up before the cosine decay")
-    p.add_argument("--embed-dim", type=_positive_int, default=128, help="projection size of the contrastive term")
+    p.add_argument("--embed-dim", type=_positive_int, default=128,
+                   help="output size of the projection head (--contrast-on projection)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the images as stored (default: random crop with padding + flip)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="augment without horizontal flips (for data whose mirror image is another class)")
-    p.add_argument("--temperature", type=float, default=0.5, help="τ of the contrastive term")
-    p.add_argument("--lam", type=float, default=0.9, help="λ of CLCE: (1-λ)·CE + λ·LACLN")
-    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--seeds", type=_nonneg_int, nargs="+", default=None, metavar="S",
+                   help="one fine-tuning run per seed; OUT NAME.pt becomes NAME-seedS.pt when several (default: 0)")
+    p.add_argument("--seed", type=_nonneg_int, default=None, metavar="S", help="a single seed (same as --seeds S)")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="start from these weights (.safetensors or a .pt state dict), loaded strictly; a timm "
+                        "model's pretrained_cfg sets the input size and normalisation unless --transform/--image-size")
+    p.add_argument("--val-every", type=_nonneg_int, default=0, metavar="N",
+                   help="every N epochs (and after the last), ProtoNet accuracy on fixed episodes of the val split; "
+                        "0 = never")
+    p.add_argument("--val-episodes", type=_positive_int, default=600, metavar="E", help="val episodes (seed 0)")
+    p.add_argument("--val-ways", type=_positive_int, default=5, metavar="N", help="classes per val episode")
+    p.add_argument("--val-shots", type=_positive_int, default=1, metavar="K", help="support images per val class")
+    p.add_argument("--val-queries", type=_positive_int, default=15, metavar="Q", help="query images per val class")
+    p.add_argument("--keep", default="last", choices=["last", "best"],
+                   help="write the last epoch's backbone, or the best-on-val one (needs --val-every)")
+    p.add_argument("--log", default=None, metavar="FILE",
+                   help="per-epoch JSONL log: loss, CE and contrastive parts, lr, grad norm, images/s, val accuracy "
+                        "(default: OUT's name with .log.jsonl)")
     p.add_argument("--device", default=None)
-    p.add_argument("--transform", default=None, metavar="NAME", help="normalisation preset used in training")
+    p.add_argument("--transform", default=None, metavar="NAME", help="input transform preset used in training")
     p.add_argument("--resume", action="store_true", help="continue from OUT's last epoch state")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write, e.g. checkpoints/ce.pt")
+
+    def add_study_flags(p: argparse.ArgumentParser, losses: list[str]) -> None:
+        p.add_argument("--arch", required=True, metavar="ARCH", help="backbone to fine-tune (see `fewshot-bench archs`)")
+        _add_data_flags(p)
+        p.add_argument("--losses", nargs="+", default=losses, metavar="LOSS",
+                       help="one row per loss; the first is the baseline of the paired tests")
+        p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[0, 1, 2], metavar="S",
+                       help="fine-tuning seeds (one initialisation each; rows show the median over them)")
+        p.add_argument("--epochs", type=_positive_int, required=True)
+        p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default: finetune's)")
+        p.add_argument("--lr", type=float, default=None)
+        p.add_argument("--optimizer", default=None, choices=["adamw", "sgd"])
+        p.add_argument("--weight-decay", type=float, default=None)
+        p.add_argument("--warmup-epochs", type=_nonneg_int, default=None)
+        p.add_argument("--temperature", type=float, default=None, help="τ of the contrastive terms (default: each loss's)")
+        p.add_argument("--lam", type=float, default=None, help="λ of the CE + contrastive mixes (default: 0.9)")
+        p.add_argument("--beta", type=float, default=None, help="β of H-SCL (default: the loss's)")
+        p.add_argument("--contrast-on", default=None, choices=["encoder", "projection"],
+                       help="where the contrastive term acts (default: encoder, as in the CLCE paper)")
+        p.add_argument("--transform", default=None, metavar="NAME", help="input transform for training")
+        p.add_argument("--train-image-size", type=_positive_int, default=None, metavar="PX",
+                       help="network input side during fine-tuning (stored in the checkpoint's protocol)")
+        p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+        p.add_argument("--no-flip", dest="flip", action="store_false", default=None)
+        _add_episode_flags(p)
+        p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD")
+        p.add_argument("--aggregate", default="median", choices=["median", "mean"],
+                       help="over seeds: median (the paper's rule) or mean of the per-seed means")
+        p.add_argument("--device", default=None)
+        p.add_argument("--out", required=True, metavar="DIR")
+
+    p = add("reproduce", cmd_reproduce, "the CLCE paper's Table 1: losses × seeds × datasets, fine-tuned and evaluated",
+            "Fine-tune ARCH with every loss and seed on each dataset's train split, evaluate every checkpoint on "
+            "the same fixed test episodes, and write OUT/table.{tex,md,csv,json} (median over seeds, episode CI, "
+            "seed range) and OUT/compare.json (paired tests seed by seed against the first loss).\n\n"
+            "example (the paper's scale needs a GPU):\n"
+            "  fewshot-bench reproduce --arch timm:resnet101 --dataset cifar-fs fc100 miniimagenet tieredimagenet \\\n"
+            "      --data-root ~/data --losses ce h-scl ce+supcon clce --seeds 0 1 2 --epochs 100 --out reports/table1")
+    add_study_flags(p, ["ce", "h-scl", "ce+supcon", "clce"])
+
+    p = add("sweep", cmd_sweep, "the CLCE paper's studies: batch size (Table 3) or λ (Fig. 2)",
+            "Fine-tune once per loss × value × seed, evaluate on fixed test episodes, and write the table "
+            "(OUT/table.*, OUT/sweep-SETTING.csv) and the plot (OUT/sweep-SETTING.png/.pdf).\n\n"
+            "examples:\n"
+            "  fewshot-bench sweep batch-size --values 64 128 256 512 --losses ce supcon clce --arch resnet12 \\\n"
+            "      --dataset cifar-fs --data-root ~/data --epochs 100 --out reports/batch\n"
+            "  fewshot-bench sweep lambda --values 0 0.1 0.3 0.5 0.7 0.9 1 --losses clce --arch resnet12 \\\n"
+            "      --dataset cifar-fs --data-root ~/data --epochs 100 --out reports/lambda")
+    p.add_argument("setting", choices=["batch-size", "lambda"], help="the fine-tuning setting to vary")
+    p.add_argument("--values", nargs="+", required=True, metavar="V", help="values of the setting")
+    add_study_flags(p, ["ce", "supcon", "clce"])
 
     p = add("prepare", cmd_prepare, "build CIFAR-FS or FC100 from the official CIFAR-100 files",
             "Merge CIFAR-100's train and test sets (600 images per class) and write the benchmark as "
@@ -468,18 +720,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("methods", cmd_methods, "list the few-shot methods (built-in and plug-ins)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = add("archs", cmd_archs, "list the architectures and the papers' evaluation presets")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = add("compare", cmd_compare, "paired comparison of runs over identical episodes",
             "For every dataset × shots × method the runs share: mean difference with its CI, paired t and "
-            "Wilcoxon p-values (Holm-adjusted), verdicts at α = 0.01 and 0.05. Writes compare.json.")
+            "Wilcoxon p-values (Holm-adjusted), verdicts at α = 0.01 and 0.05. Runs of one configuration that "
+            "differ only in the fine-tuning seed form one row and are compared seed by seed. Writes compare.json.")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--baseline", default=None, metavar="RUN", help="compare every run against this one")
+    p.add_argument("--baseline", default=None, metavar="RUN",
+                   help="compare every row against the row of this run")
+    p.add_argument("--label", action="append", metavar="RUN=TEXT",
+                   help="row label for a run, repeatable; one label for several runs makes them seeds of one row")
+    p.add_argument("--aggregate", default="median", choices=["median", "mean"],
+                   help="summary over the seed pairs of a row pair (default: median)")
     p.add_argument("--out", default=None, metavar="FILE", help="JSON output (default: RUN_A/compare.json)")
 
     p = add("table", cmd_table, "result table (LaTeX/Markdown/CSV) in the layout of the CLCE paper's Table 1")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--format", default="latex", choices=["latex", "markdown", "csv"])
-    p.add_argument("--baseline", default=None, metavar="RUN", help="mark rows that beat it (paired t-test)")
-    p.add_argument("--label", action="append", metavar="RUN=TEXT", help="row label for a run, repeatable")
+    p.add_argument("--format", default="latex", choices=["latex", "markdown", "csv", "csv-long", "json"],
+                   help="csv: the table as printed; csv-long/json: one record per cell with every number")
+    p.add_argument("--baseline", default=None, metavar="RUN",
+                   help="mark rows that beat the row of this run in every seed pair (paired t-test)")
+    p.add_argument("--label", action="append", metavar="RUN=TEXT",
+                   help="row label for a run, repeatable; one label for several runs makes them seeds of one row")
+    p.add_argument("--aggregate", default="median", choices=["median", "mean"],
+                   help="a row's cell over its fine-tuning seeds: median (default, the paper's) or mean of the "
+                        "per-seed means")
+    p.add_argument("--with-literature", nargs="?", const="clce2024_table1", default=None, metavar="SOURCE",
+                   help="append published rows, marked (reported): a bundled source (default clce2024_table1) "
+                        "or a literature CSV")
     p.add_argument("--caption", default=None)
     p.add_argument("--out", default=None, metavar="FILE")
 
@@ -495,6 +765,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the pair subsample")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures")
+
+    p = add("convert", cmd_convert, "re-save a checkpoint the safe loader refuses as a plain state dict "
+            "(needs --trust-source)",
+            "Unpickle SRC with weights_only=False -- which runs any code the file names, so only for a\n"
+            "file from a source you trust -- take its state dict (a whole pickled nn.Module such as the\n"
+            "original ProtoNet's best_model.pt, or a module or state dict nested in a dict) and write DST\n"
+            "as a plain {name: tensor} file, which every other command loads with weights_only=True.\n"
+            "Key names are kept (prefixes are stripped at load time). DST ending in .safetensors is\n"
+            "written with safetensors, anything else with torch.save; DST appears complete or not at all.\n\n"
+            "example:\n"
+            "  fewshot-bench convert best_model.pt --out protonet-conv4.safetensors --trust-source\n"
+            "  fewshot-bench eval --checkpoint protonet-conv4.safetensors --arch conv4 ...")
+    p.add_argument("src", metavar="SRC", help="the checkpoint to convert")
+    p.add_argument("--out", required=True, metavar="DST", help="the plain state dict to write (.pt or .safetensors)")
+    p.add_argument("--trust-source", action="store_true",
+                   help="confirm that SRC comes from a source you trust: unpickling it can run arbitrary code")
     return parser
 
 

@@ -27,6 +27,7 @@ def run_demo(out: str | Path = "reports/demo", *, episodes: int = 3000, epochs: 
     from .benchmark import EvalConfig, format_summary, run_benchmark, write_run
     from .data.digits import load_digits_split
     from .train import finetune
+    from .train.losses import get_loss_class
 
     start = time.perf_counter()
     out = Path(out)
@@ -39,14 +40,15 @@ def run_demo(out: str | Path = "reports/demo", *, episodes: int = 3000, epochs: 
     for loss in losses:
         ckpt = out / "checkpoints" / f"{DEMO['arch']}-{loss}.pt"
         t0 = time.perf_counter()
+        takes = get_loss_class(loss).param_names()  # CE has no τ or λ
         finetune(base, DEMO["arch"], loss=loss, epochs=epochs or DEMO["epochs"], batch_size=DEMO["batch_size"],
                  lr=DEMO["lr"], optimizer=DEMO["optimizer"], weight_decay=DEMO["weight_decay"],
-                 temperature=DEMO["temperature"], lam=DEMO["lam"], flip=DEMO["flip"], seed=seed, device="cpu", out=ckpt,
-                 transform=DEMO["transform"], progress=progress)
+                 loss_params={k: DEMO[k] for k in ("temperature", "lam") if k in takes}, flip=DEMO["flip"],
+                 seed=seed, device="cpu", out=ckpt, transform=DEMO["transform"], progress=progress)
         log(f"fine-tuned {DEMO['arch']} with {loss} on the base digits in {time.perf_counter() - t0:.1f} s -> {ckpt}")
         cfg = EvalConfig(checkpoint=str(ckpt), arch=DEMO["arch"], datasets=["digits"], split="test",
                          shots=(1, 5), queries=15, episodes=episodes, seed=seed, methods=["protonet"],
-                         transform=DEMO["transform"], cache_dir=None if cache_dir is None else str(cache_dir),
+                         cache_dir=None if cache_dir is None else str(cache_dir),
                          episodes_dir=str(episodes_dir), device="cpu", progress=progress)
         result = run_benchmark(cfg, load_split=lambda dataset, split: splits[split], log=log)
         runs[loss] = out / loss

@@ -279,6 +279,7 @@ def get_features(
     amp: bool | str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     verify: bool = True,
+    allow_partial: bool = False,
 ) -> np.ndarray:
     """Features ``(N, D)`` float32 of ``split.images``, from the cache when possible.
 
@@ -290,6 +291,8 @@ def get_features(
     split: a ``Split`` (uses ``dataset``, ``split``, ``images``, ``fingerprint`` only).
     transform: preset name or :class:`EvalTransform`.
     verify: check the sha256 of a cached array before use (reads the file once).
+    allow_partial: load a checkpoint that does not fully fit ``arch`` (see
+        :func:`~fewshot_bench.backbones.load_checkpoint`); by default such a checkpoint is refused.
 
     Returns a read-only memory-mapped array (rows in the split's order; labels are
     ``split.labels``). Raises :class:`CheckpointError` if the checkpoint does not fit
@@ -305,7 +308,7 @@ def get_features(
         return _get_features_sharded(
             checkpoint, arch, split, transform, fields, key, root, entry, n_rows, seed=seed,
             arch_kwargs=arch_kwargs, device=device, amp=amp, batch_size=batch_size, progress=progress,
-            verify=verify,
+            verify=verify, allow_partial=allow_partial,
         )
 
     if (entry / "meta.json").exists():  # fast path, no lock
@@ -327,7 +330,8 @@ def get_features(
             shutil.rmtree(stale, ignore_errors=True)
 
         feats, run_info = _compute(
-            checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress
+            checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
+            allow_partial=allow_partial,
         )
         _check_finite(feats, checkpoint, arch, split, seed)
 
@@ -362,7 +366,7 @@ def _write_entry(root: Path, key: str, entry: Path, feats: np.ndarray, fields: M
 
 def _compute(
     checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
-    rows: tuple[int, int] | None = None,
+    rows: tuple[int, int] | None = None, allow_partial: bool = False,
 ):
     """Build the backbone (seeded; checkpoint loaded strictly), extract rows ``[lo, hi)`` (all by default).
 
@@ -373,7 +377,7 @@ def _compute(
     with torch.random.fork_rng(devices=[]):  # random init from `seed`, global RNG untouched
         torch.manual_seed(int(seed))
         model = create_backbone(arch, **kw)
-    report = load_checkpoint(checkpoint, model) if checkpoint is not None else None
+    report = load_checkpoint(checkpoint, model, allow_partial=allow_partial) if checkpoint is not None else None
     dev = _resolve_device(device)
     amp_dtype = _resolve_amp(amp, dev)
     images = np.asarray(split.images)
@@ -406,7 +410,8 @@ def _check_finite(feats: np.ndarray, checkpoint, arch: str, split: Any, seed: in
 
 
 def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root, entry, n_rows, *, seed,
-                          arch_kwargs, device, amp, batch_size, progress, verify) -> np.ndarray:
+                          arch_kwargs, device, amp, batch_size, progress, verify,
+                          allow_partial=False) -> np.ndarray:
     """:func:`get_features` as a collective over the default process group (see the module doc)."""
     info = D.get_info()
     rank, world = info.rank, info.world_size
@@ -435,7 +440,7 @@ def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root,
             try:
                 local, run_info = _compute(
                     checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size,
-                    progress and rank == 0, rows=shard(rank),
+                    progress and rank == 0, rows=shard(rank), allow_partial=allow_partial,
                 )
             except Exception as exc:  # every rank must learn of it, or the others wait forever
                 error = exc

@@ -2,18 +2,23 @@
 
 A *run folder* is what ``fewshot-bench eval --out RUN`` writes (``summary.json`` and
 ``per_episode.csv``, format in ``ARCHITECTURE.md``). Everything here starts from
-:func:`load_run` and from one tidy DataFrame (:func:`runs_frame`): one row per
-run x dataset x split x ways x shots x queries x method.
+:func:`load_run`; :func:`runs_frame` is one tidy row per run x dataset x split x ways x
+shots x queries x method.
 
-* :func:`compare` -- paired comparisons of runs evaluated on identical episodes
-  (mean difference with CI, paired t and Wilcoxon p-values, Holm-adjusted, verdicts);
-  :func:`format_compare` renders it for a terminal, :func:`write_compare_json` saves it.
+* :func:`seed_groups` -- runs of one configuration that differ only in the fine-tuning
+  seed form one *row* (a :class:`SeedGroup`); :func:`groups_frame` aggregates each
+  row's seeds cell by cell (median or mean of the per-seed means, with the spread).
+* :func:`compare` -- paired comparisons of rows evaluated on identical episodes, seed
+  by seed (mean difference with CI, paired t and Wilcoxon p-values, Holm-adjusted,
+  verdicts); :func:`seed_summary` sums the seed pairs up per row pair;
+  :func:`format_compare` renders both for a terminal, :func:`write_compare_json` saves them.
 * :func:`make_table` -- the Table-1 layout of few-shot papers (rows: models, columns:
   dataset x 1-shot/5-shot, cells ``mean±ci`` in percent) as LaTeX (booktabs, via
-  ``pandas.Styler.to_latex``), Markdown or CSV, with its protocol in the caption.
+  ``pandas.Styler.to_latex``), Markdown, CSV or long CSV/JSON, with its protocol in the
+  caption and, on request, published rows (:mod:`fewshot_bench.literature`) beside ours.
 
 Statistics come from :mod:`fewshot_bench.stats`; the formulas are in
-``docs/statistics.md`` and the usage in ``docs/reports.md``.
+``docs/statistics.md`` and the usage and the seed rules in ``docs/reports.md``.
 """
 
 from __future__ import annotations
@@ -34,31 +39,43 @@ import pandas as pd
 from . import stats
 from ._io import atomic_write_json
 from .errors import ConfigError, DataError, EpisodeError
+from .literature import DEFAULT_SOURCE, Literature, load_literature
 
 __all__ = [
+    "AGGREGATES",
     "FORMAT",
     "FORMAT_VERSION",
     "KEY",
     "Run",
+    "SeedGroup",
+    "aggregate_seeds",
     "compare",
     "dataset_display_name",
     "format_compare",
+    "groups_frame",
+    "input_protocol_text",
     "latex_escape",
     "load_run",
     "make_table",
     "paired_accuracies",
     "protocol_text",
     "runs_frame",
+    "seed_groups",
+    "seed_pairs",
+    "seed_summary",
     "write_compare_json",
 ]
 
 FORMAT = "fewshot-bench-run"
 FORMAT_VERSION = 1
 COMPARE_FORMAT = "fewshot-bench-compare"
+TABLE_FORMAT = "fewshot-bench-table"
 #: The columns that identify one evaluation inside a run.
 KEY = ("dataset", "split", "ways", "shots", "queries", "method")
 _CSV_COLUMNS = (*KEY, "episode", "accuracy")
-_TABLE_FORMATS = ("latex", "markdown", "csv")
+_TABLE_FORMATS = ("latex", "markdown", "csv", "csv-long", "json")
+#: How a row's fine-tuning seeds are summed up in one table cell.
+AGGREGATES = ("median", "mean")
 _DISPLAY = {
     "cifarfs": "CIFAR-FS",
     "fc100": "FC100",
@@ -68,6 +85,11 @@ _DISPLAY = {
 _DATASET_ORDER = ("CIFAR-FS", "FC100", "miniImageNet", "tieredImageNet")
 #: Significance level of the table's "beats the baseline" marker.
 TABLE_ALPHA = 0.05
+#: Training hyper-parameters of the checkpoint metadata that tell configurations apart in
+#: automatic row labels (after the entries of ``meta["loss_params"]``, when present).
+CONFIG_KEYS = ("temperature", "lam", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
+               "warmup_epochs", "embed_dim", "augment", "flip", "image_size", "transform")
+_MISSING = object()
 
 Key = tuple  # (dataset, split, ways, shots, queries, method)
 
@@ -111,10 +133,16 @@ class Run:
         return self.summary.get("checkpoint") or {}
 
     @property
+    def meta(self) -> dict:
+        """The checkpoint's metadata (``summary["checkpoint"]["meta"]``), ``{}`` when absent."""
+        meta = self.checkpoint.get("meta")
+        return meta if isinstance(meta, dict) else {}
+
+    @property
     def label(self) -> str:
         """A row label from the checkpoint metadata: ``"resnet12 (clce)"``; else the folder name."""
         ck = self.checkpoint
-        meta = ck.get("meta") or {}
+        meta = self.meta
         arch = meta.get("arch") or meta.get("backbone") or ck.get("arch")
         loss = meta.get("loss")
         if not arch:
@@ -123,8 +151,33 @@ class Run:
 
     @property
     def seed(self) -> Any:
+        """The seed of the episode sampler (``summary["config"]["seed"]``)."""
         cfg = self.summary.get("config") or {}
         return cfg.get("seed")
+
+    @property
+    def finetune_seed(self) -> int | None:
+        """The fine-tuning seed (``checkpoint.meta.seed``); ``None`` for a checkpoint without one
+        (e.g. a converted third-party checkpoint)."""
+        s = self.meta.get("seed")
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            return None
+        return int(s)
+
+    @property
+    def config(self) -> dict:
+        """The training configuration that tells checkpoints of one arch and loss apart:
+        the entries of ``meta["loss_params"]`` and the :data:`CONFIG_KEYS` present in the metadata."""
+        meta = self.meta
+        out: dict[str, Any] = {}
+        lp = meta.get("loss_params")
+        if isinstance(lp, dict):
+            for k in sorted(lp, key=str):
+                out[str(k)] = lp[k]
+        for k in CONFIG_KEYS:
+            if k in meta and k not in out:
+                out[k] = meta[k]
+        return out
 
     def keys(self) -> list[Key]:
         return list(self.results)
@@ -221,21 +274,73 @@ def _read_per_episode(csv_path: Path, results: dict[Key, dict]) -> tuple[dict, d
     return accuracies, episodes
 
 
-# --------------------------------------------------------------------------- tidy frame
+# --------------------------------------------------------------------------- labels and the tidy frame
 
 
-def _resolve_labels(runs: Sequence[Run], labels: Mapping[str, str] | None) -> list[str]:
-    """One label per run: ``labels[path]`` when given, else :attr:`Run.label`, made unique."""
-    labels = dict(labels or {})
-    by_path = {}
-    for key, text in labels.items():
+def _fmt_value(v: Any) -> str:
+    if v is _MISSING:
+        return "?"
+    if isinstance(v, bool) or v is None:
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _auto_labels(runs: Sequence[Run]) -> list[str]:
+    """Automatic row labels: :attr:`Run.label` (``"arch (loss)"``), plus ``key=value`` for every
+    entry of :attr:`Run.config` that differs between runs of the same arch and loss fine-tuned on
+    the same dataset (``"resnet12 (clce, lam=0.5)"``). Entries that differ only between
+    fine-tuning datasets (image size, transform) do not split a row."""
+    base = [r.label for r in runs]
+    buckets: dict[str, list[int]] = {}
+    for i, (r, lab) in enumerate(zip(runs, base, strict=True)):
+        if lab != r.name:  # labels from metadata only
+            buckets.setdefault(lab, []).append(i)
+    out = list(base)
+    for idx in buckets.values():
+        if len(idx) < 2:
+            continue
+        configs = {i: runs[i].config for i in idx}
+        order = list(dict.fromkeys(k for i in idx for k in configs[i]))
+        by_dataset: dict[str, list[int]] = {}
+        for i in idx:
+            by_dataset.setdefault(str(runs[i].meta.get("dataset")), []).append(i)
+        differ = [
+            k for k in order
+            if any(len({repr(configs[i][k]) if k in configs[i] else "?" for i in members}) > 1
+                   for members in by_dataset.values())
+        ]
+        if not differ:
+            continue
+        for i in idx:
+            params = ", ".join(f"{k}={_fmt_value(configs[i].get(k, _MISSING))}" for k in differ)
+            meta = runs[i].meta
+            arch = meta.get("arch") or meta.get("backbone") or runs[i].checkpoint.get("arch")
+            loss = meta.get("loss")
+            out[i] = f"{arch} ({loss}, {params})" if loss else f"{arch} ({params})"
+    return out
+
+
+def _explicit_labels(runs: Sequence[Run], labels: Mapping[str, str] | None) -> dict[int, str]:
+    """``{run index: text}`` from ``labels`` (``{run path: text}``)."""
+    out: dict[int, str] = {}
+    for key, text in dict(labels or {}).items():
         rp = Path(key).expanduser().resolve()
         hits = [i for i, r in enumerate(runs) if r.path.resolve() == rp]
         if not hits:
             raise ConfigError(f"--label {key}={text}: {key} is not one of the runs given")
         for i in hits:
-            by_path[i] = str(text)
-    out = [by_path.get(i, r.label) for i, r in enumerate(runs)]
+            out[i] = str(text)
+    return out
+
+
+def _resolve_labels(runs: Sequence[Run], labels: Mapping[str, str] | None) -> list[str]:
+    """One label per run: ``labels[path]`` when given, else the automatic label, made unique
+    (one row per run: the seeds of a configuration are *not* merged here, see :func:`seed_groups`)."""
+    by_path = _explicit_labels(runs, labels)
+    auto = _auto_labels(runs)
+    out = [by_path.get(i, auto[i]) for i in range(len(runs))]
     explicit = set(by_path)
     counts: dict[str, int] = {}
     for lab in out:
@@ -268,9 +373,10 @@ def runs_frame(runs: Iterable[Run | str | os.PathLike], labels: Mapping[str, str
 
     Columns: ``run`` (folder path), ``label``, the :data:`KEY` columns, ``mean``,
     ``ci95`` (half-width), ``std`` (ddof=1), ``n`` (episodes), ``ci_method``,
-    ``transductive``, ``episodes_sha256``, ``seed``; accuracies as fractions, as stored
-    in ``summary.json``. ``labels`` maps run paths to row labels (default
-    :attr:`Run.label`).
+    ``transductive``, ``episodes_sha256``, ``seed`` (of the episode sampler),
+    ``finetune_seed`` (``None`` when the checkpoint has none); accuracies as fractions,
+    as stored in ``summary.json``. ``labels`` maps run paths to row labels (default: the
+    automatic label, see :func:`seed_groups`); every run keeps its own row here.
     """
     runs = _unique_runs(runs)
     if not runs:
@@ -291,12 +397,289 @@ def runs_frame(runs: Iterable[Run | str | os.PathLike], labels: Mapping[str, str
                 "transductive": bool(r.get("transductive", False)),
                 "episodes_sha256": r.get("episodes_sha256"),
                 "seed": run.seed,
+                "finetune_seed": run.finetune_seed,
+                "input_protocol": input_protocol_text(run.summary, key[0]),
             })
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df["finetune_seed"] = pd.Series([r["finetune_seed"] for r in rows], dtype=object)
+    return df
+
+
+def input_protocol_text(summary: Mapping[str, Any], dataset: str) -> str:
+    """Short text of the input protocol a run used on ``dataset``: ``rfs-cifar 32 px, avg pool``,
+    with ``[preset NAME]`` / ``FORCED`` where they apply; ``transform NAME`` for runs written before
+    protocols were recorded."""
+    p = (summary.get("protocols") or {}).get(dataset)
+    if not p:
+        t = (summary.get("transforms") or {}).get(dataset) or {}
+        return f"transform {t.get('name', 'unknown')}"
+    geo = f"{p.get('image_size')} px" if p.get("image_size") else "native size"
+    if p.get("resize"):
+        geo += f" (resize {p['resize']}{' + center crop' if p.get('crop') else ''})"
+    pool = {"avg": "avg pool", "none": "flattened"}.get(p.get("pool"), "model pooling")
+    src = p.get("source", "")
+    text = f"{p.get('transform')} {geo}, {pool}" + (f" [{src}]" if src.startswith("preset") else "")
+    return text + (" FORCED" if p.get("forced") else "")
 
 
 def _float(x: Any) -> float:
     return math.nan if x is None else float(x)
+
+
+# --------------------------------------------------------------------------- seed groups
+
+
+@dataclass(frozen=True, eq=False)
+class SeedGroup:
+    """One table row: the runs of one configuration, one per fine-tuning seed.
+
+    ``runs`` are ordered by fine-tuning seed. A run whose checkpoint has no seed is always
+    a group of its own. Built by :func:`seed_groups`, which checks that no two runs hold
+    the same seed for one evaluation key and that all seeds of a key share its episodes.
+    """
+
+    label: str
+    runs: tuple[Run, ...]
+
+    @property
+    def seeds(self) -> tuple[int | None, ...]:
+        return tuple(r.finetune_seed for r in self.runs)
+
+    @property
+    def name(self) -> str:
+        """How messages name the group: the run folder for one run, else ``row 'label'``."""
+        return str(self.runs[0].path) if len(self.runs) == 1 else f"row {self.label!r}"
+
+    def keys(self) -> list[Key]:
+        """The evaluation keys any of its runs holds, in order of appearance."""
+        return list(dict.fromkeys(k for r in self.runs for k in r.results))
+
+    def runs_for(self, key: Key) -> list[Run]:
+        """The runs holding ``key``, by seed."""
+        return [r for r in self.runs if key in r.results]
+
+
+def seed_groups(runs: Iterable[Run | str | os.PathLike], labels: Mapping[str, str] | None = None) -> list[SeedGroup]:
+    """Group runs into table rows: runs with the same row label form one row, one run per
+    fine-tuning seed.
+
+    The row label is ``labels[path]`` (``--label RUN=TEXT``; give several runs the same
+    text to group them) or the automatic label from the checkpoint metadata (arch and
+    loss, plus the training hyper-parameters that differ between runs of that arch and
+    loss on one fine-tuning dataset, see :data:`CONFIG_KEYS`). Within a row the runs are
+    told apart by ``checkpoint.meta.seed``; runs of one seed fine-tuned on different
+    datasets (different keys) share the row. A run whose checkpoint has no seed is a row
+    of its own (``"label [folder]"`` when its automatic label is taken).
+
+    Raises :class:`~fewshot_bench.errors.ConfigError` when two runs of one row hold the
+    same seed for the same dataset x split x ways x shots x queries x method, when an
+    explicit label is shared by a run without a seed, or the seeds of a row used different
+    CI methods, and :class:`~fewshot_bench.errors.EpisodeError` when the seeds of a row
+    were evaluated on different episodes for one key.
+    """
+    run_list = _unique_runs(runs)
+    if not run_list:
+        raise ConfigError("no runs given; pass at least one run folder")
+    explicit = _explicit_labels(run_list, labels)
+    auto = _auto_labels(run_list)
+    base = [explicit.get(i, auto[i]) for i in range(len(run_list))]
+    by_label: dict[str, list[int]] = {}
+    for i, lab in enumerate(base):
+        by_label.setdefault(lab, []).append(i)
+    found: list[tuple[int, str, list[int]]] = []  # (first index, label, members)
+    for lab, idx in by_label.items():
+        if len(idx) == 1:
+            found.append((idx[0], lab, idx))
+            continue
+        seedless = [i for i in idx if run_list[i].finetune_seed is None]
+        seeded = [i for i in idx if run_list[i].finetune_seed is not None]
+        if seedless and any(i in explicit for i in idx):
+            raise ConfigError(
+                f"--label: two runs share the label {lab!r} but {run_list[seedless[0]].path} has no fine-tuning "
+                "seed in its checkpoint metadata; only seeds of one configuration may share a label, give each "
+                "other run its own label"
+            )
+        if seeded:
+            found.append((seeded[0], lab, seeded))
+        found += [(i, f"{lab} [{run_list[i].name}]", [i]) for i in seedless]
+    found.sort(key=lambda t: t[0])
+    names = [lab for _, lab, _ in found]
+    if len(set(names)) != len(names):  # a "[folder]" label met another label
+        names = [f"{base[members[0]]} [{run_list[members[0]].path}]" if names.count(lab) > 1 and len(members) == 1
+                 else lab for lab, (_, _, members) in zip(names, found, strict=True)]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ConfigError(f"--label: two rows share the label {dup!r}; give each row its own label")
+    groups = []
+    for lab, (_, _, members) in zip(names, found, strict=True):
+        members = sorted(members, key=lambda i: (run_list[i].finetune_seed is None, run_list[i].finetune_seed or 0, i))
+        group = SeedGroup(lab, tuple(run_list[i] for i in members))
+        _check_group(group)
+        groups.append(group)
+    return groups
+
+
+def _check_group(group: SeedGroup) -> None:
+    if len(group.runs) < 2:
+        return
+    methods = {str(r.results[k].get("ci_method", "t")) for r in group.runs for k in r.results}
+    if len(methods) > 1:
+        raise ConfigError(f"the runs of row {group.label!r} use different CI methods ({', '.join(sorted(methods))}); "
+                          "re-run eval of every seed with one --ci")
+    for key in group.keys():
+        holders = group.runs_for(key)
+        seen: dict[int | None, Run] = {}
+        for r in holders:
+            other = seen.get(r.finetune_seed)
+            if other is not None:
+                raise ConfigError(
+                    f"{other.path} and {r.path} share the row label {group.label!r} and the fine-tuning seed "
+                    f"{r.finetune_seed} for {_key_text(key)}; give different configurations different --label "
+                    "values, or pass each seed once"
+                )
+            seen[r.finetune_seed] = r
+        hashes = [(r, r.results[key].get("episodes_sha256")) for r in holders]
+        missing = [r for r, h in hashes if not h]
+        if len(holders) > 1 and missing:
+            raise EpisodeError(
+                f"{missing[0].path}: no episodes_sha256 for {_key_text(key)}, so the seeds of row {group.label!r} "
+                "cannot be checked to share their episodes; re-run eval with this version"
+            )
+        first_run, first = hashes[0]
+        for r, h in hashes[1:]:
+            if h != first:
+                raise EpisodeError(
+                    f"the seeds of row {group.label!r} were evaluated on different episodes for {_key_text(key)} "
+                    f"({first_run.path}: {first[:8]}, {r.path}: {h[:8]}); evaluate every seed on the same "
+                    "episode file"
+                )
+            if not np.array_equal(first_run.episodes[key], r.episodes[key]):
+                raise EpisodeError(
+                    f"{first_run.path} and {r.path} list different episode indices for {_key_text(key)}; "
+                    "re-run eval of every seed on the same episode file"
+                )
+
+
+def aggregate_seeds(means: Sequence[float] | np.ndarray, how: str = "median") -> tuple[float, tuple[int, ...]]:
+    """Sum the per-seed means of one cell up; returns ``(value, positions)``.
+
+    ``how="median"``: sort the seeds by mean (ties by position); with an odd number ``S``
+    of seeds the value is the middle seed's mean (``positions`` = that seed), with an even
+    ``S`` the mean of the two middle ones (``numpy.median``; ``positions`` = both).
+    ``how="mean"``: the mean of all per-seed means (``positions`` = all). ``positions``
+    are the seeds the value is made of; the cell's ± is the episode CI of their
+    per-episode accuracies averaged over them (see :func:`groups_frame`).
+    """
+    if how not in AGGREGATES:
+        raise ConfigError(f"--aggregate {how}: unknown rule; use one of: {', '.join(AGGREGATES)}")
+    m = np.asarray(means, dtype=np.float64).reshape(-1)
+    if m.size == 0:
+        raise ConfigError("no seeds to aggregate")
+    if how == "mean":
+        idx = tuple(range(m.size))
+    else:
+        order = sorted(range(m.size), key=lambda i: (m[i], i))
+        half = m.size // 2
+        idx = (order[half],) if m.size % 2 else tuple(sorted((order[half - 1], order[half])))
+    return float(np.mean(m[list(idx)])), idx
+
+
+def _cell_stats(group: SeedGroup, key: Key, how: str) -> dict:
+    """The aggregated numbers of one row x key (see :func:`groups_frame`)."""
+    holders = group.runs_for(key)
+    res = [r.results[key] for r in holders]
+    means = [float(r["mean"]) for r in res]
+    cis = [_float(r["ci95"]) for r in res]
+    if len(holders) == 1:
+        value, idx, ci = means[0], (0,), cis[0]
+    else:
+        value, idx = aggregate_seeds(means, how)
+        if len(idx) == 1:
+            ci = cis[idx[0]]
+        else:  # the episodes are identical (checked): CI of the per-episode accuracy averaged over the seeds
+            avg = np.mean([holders[i].accuracies[key] for i in idx], axis=0)
+            ci = stats.mean_ci(avg, method=str(res[0].get("ci_method", "t"))).ci
+    seeds = tuple(r.finetune_seed for r in holders)
+    arr = np.asarray(means)
+    return {
+        "mean": value,
+        "ci95": ci,
+        "n": int(res[0]["n_episodes"]),
+        "n_seeds": len(holders),
+        "seeds": seeds,
+        "seed_means": tuple(means),
+        "seed_ci95": tuple(cis),
+        "seed_min": float(arr.min()),
+        "seed_max": float(arr.max()),
+        "seed_sd": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
+        "aggregate": how if len(holders) > 1 else "single",
+        "ci_seeds": tuple(seeds[i] for i in idx),
+        "runs": tuple(str(r.path) for r in holders),
+        "ci_method": str(res[0].get("ci_method", "t")),
+        "transductive": bool(res[0].get("transductive", False)),
+        "episodes_sha256": res[0].get("episodes_sha256"),
+        "seed": holders[0].seed,
+    }
+
+
+def groups_frame(
+    runs: Iterable[Run | str | os.PathLike] | Sequence[SeedGroup],
+    labels: Mapping[str, str] | None = None,
+    aggregate: str = "median",
+) -> pd.DataFrame:
+    """One tidy row per table row (:class:`SeedGroup`) x dataset x split x ways x shots x queries x method.
+
+    Columns: ``label``, the :data:`KEY` columns, ``mean`` (the aggregate of the per-seed
+    means, :func:`aggregate_seeds`; the run's own mean for one seed), ``ci95`` (the
+    half-width of the episode CI of that value: the median seed's for an odd number of
+    seeds, else the CI over episodes of the per-episode accuracy averaged over the seeds
+    the value is made of -- identical episodes make that the CI of exactly the value
+    shown), ``n`` (episodes), ``n_seeds``, ``seeds``, ``seed_means``, ``seed_ci95``
+    (tuples, by seed), ``seed_min``, ``seed_max``, ``seed_sd`` (ddof=1; NaN for one
+    seed), ``aggregate`` (``"median"``/``"mean"``, ``"single"`` for one seed),
+    ``ci_seeds`` (the seeds behind ``ci95``), ``runs`` (paths), ``ci_method``,
+    ``transductive``, ``episodes_sha256``, ``seed`` (of the episode sampler), ``run``
+    (the first path), ``input_protocol`` (:func:`input_protocol_text`). Accuracies are fractions.
+    """
+    groups = list(runs)
+    if not groups or not all(isinstance(g, SeedGroup) for g in groups):
+        groups = seed_groups(groups, labels)
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"--aggregate {aggregate}: unknown rule; use one of: {', '.join(AGGREGATES)}")
+    rows = []
+    for g in groups:
+        for key in g.keys():
+            cell = _cell_stats(g, key, aggregate)
+            inputs = sorted({input_protocol_text(r.summary, key[0]) for r in g.runs_for(key)})
+            rows.append({"label": g.label, **dict(zip(KEY, key, strict=True)), **cell, "run": cell["runs"][0],
+                         "input_protocol": " / ".join(inputs)})
+    return pd.DataFrame(rows)
+
+
+def seed_pairs(runs_a: Sequence[Run], runs_b: Sequence[Run], what: str = "") -> list[tuple[Run, Run]]:
+    """Pair the seeds of two rows for paired tests: seed ``s`` of ``a`` with seed ``s`` of ``b``.
+
+    Two single runs are paired whatever their seeds (a comparison of two checkpoints);
+    otherwise the seeds both rows hold are paired, in seed order, and seeds held by one
+    row only are left out; with no seed in common a single run (e.g. a third-party
+    checkpoint) is paired with every seed of the other row. Two rows of several seeds
+    with no seed in common raise :class:`~fewshot_bench.errors.ConfigError`.
+    """
+    if len(runs_a) == 1 and len(runs_b) == 1:
+        return [(runs_a[0], runs_b[0])]
+    by_a = {r.finetune_seed: r for r in runs_a if r.finetune_seed is not None}
+    by_b = {r.finetune_seed: r for r in runs_b if r.finetune_seed is not None}
+    common = sorted(s for s in by_a if s in by_b)
+    if common:
+        return [(by_a[s], by_b[s]) for s in common]
+    if len(runs_a) == 1:
+        return [(runs_a[0], rb) for rb in runs_b]
+    if len(runs_b) == 1:
+        return [(ra, runs_b[0]) for ra in runs_a]
+    sa = ", ".join(str(r.finetune_seed) for r in runs_a)
+    sb = ", ".join(str(r.finetune_seed) for r in runs_b)
+    raise ConfigError(f"{what}: the rows share no fine-tuning seed (seeds {sa} vs {sb}); fine-tune both with the "
+                      "same --seeds to compare them seed by seed")
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -344,100 +727,178 @@ def compare(
     alpha: Sequence[float] = (0.01, 0.05),
     level: float = 0.95,
     labels: Mapping[str, str] | None = None,
+    aggregate: str = "median",
 ) -> pd.DataFrame:
-    """Paired comparisons of runs evaluated on identical episodes.
+    """Paired comparisons of rows evaluated on identical episodes, fine-tuning seed by seed.
 
-    Without ``baseline`` every pair of runs is compared, ``a`` the earlier in ``runs``
-    and ``b`` the later, ``diff = mean(a) - mean(b)``; with ``baseline`` every other
-    run is ``a`` and the baseline ``b``. Each pair is
-    compared on every dataset x split x ways x shots x queries x method both runs hold.
+    The runs are grouped into rows by :func:`seed_groups` (runs of one configuration
+    that differ only in the fine-tuning seed form one row). Without ``baseline`` every
+    pair of rows is compared, ``a`` the earlier in ``runs`` and ``b`` the later,
+    ``diff = mean(a) - mean(b)``; with ``baseline`` (any run of the baseline row) every
+    other row is ``a`` and the baseline row ``b``. Each pair of rows is compared on every
+    dataset x split x ways x shots x queries x method both hold, seed pair by seed pair
+    (:func:`seed_pairs`: seed ``s`` of ``a`` against seed ``s`` of ``b``); with one run
+    per row this is one comparison of two runs.
 
-    Columns: ``a``, ``b`` (labels), ``run_a``, ``run_b`` (paths), the :data:`KEY`
-    columns, ``n``, ``mean_a``, ``mean_b``, ``diff``, ``ci`` (half-width of the paired
-    ``level`` t-interval of ``diff``), ``diff_low``, ``diff_high``, ``t``, ``p_t``
-    (paired t-test, two-sided), ``w``, ``p_wilcoxon`` (signed-rank, zero_method
-    "wilcox"), ``p_t_holm``, ``p_wilcoxon_holm`` (Holm-Bonferroni over all rows of the
-    frame, each test separately), ``episodes_sha256``, and ``verdict_<alpha>`` for each
-    ``alpha``: ``"better"``/``"worse"`` (for ``a`` against ``b``) where the Holm-adjusted
-    t-test p-value is ``<= alpha``, else ``"n.s."``. Accuracies are fractions.
+    One frame row per row pair x key x seed pair. Columns: ``a``, ``b`` (row labels),
+    ``run_a``, ``run_b`` (paths), ``seed_a``, ``seed_b`` (fine-tuning seeds, ``None``
+    when unknown), the :data:`KEY` columns, ``n``, ``mean_a``, ``mean_b``, ``diff``,
+    ``ci`` (half-width of the paired ``level`` t-interval of ``diff``), ``diff_low``,
+    ``diff_high``, ``t``, ``p_t`` (paired t-test, two-sided), ``w``, ``p_wilcoxon``
+    (signed-rank, zero_method "wilcox"), ``p_t_holm``, ``p_wilcoxon_holm``
+    (Holm-Bonferroni over all rows of the frame -- every seed pair of every key of every
+    row pair -- each test separately), ``episodes_sha256``, and ``verdict_<alpha>`` for
+    each ``alpha``: ``"better"``/``"worse"`` (for ``a`` against ``b``) where the
+    Holm-adjusted t-test p-value is ``<= alpha``, else ``"n.s."``. Accuracies are
+    fractions. :func:`seed_summary` sums the seed pairs up per row pair and key
+    (``aggregate`` is its rule, kept in ``df.attrs``).
 
     Raises :class:`~fewshot_bench.errors.EpisodeError` when two runs were evaluated on
     different episodes (``episodes_sha256`` differ) for a shared key, and
-    :class:`~fewshot_bench.errors.ConfigError` when fewer than two runs are given or a
-    pair shares nothing to compare.
+    :class:`~fewshot_bench.errors.ConfigError` when fewer than two rows are given, a
+    pair shares nothing to compare, or the seeds of a row are inconsistent
+    (:func:`seed_groups`).
     """
     alphas = tuple(float(a) for a in alpha)
     for a in alphas:
         if not 0 < a < 1:
             raise ConfigError(f"alpha={a}: must lie strictly between 0 and 1, e.g. 0.05")
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"--aggregate {aggregate}: unknown rule; use one of: {', '.join(AGGREGATES)}")
     all_runs = _unique_runs(runs)
     base_run = _as_run(baseline) if baseline is not None else None
     if base_run is not None and all(r.path.resolve() != base_run.path.resolve() for r in all_runs):
         all_runs.append(base_run)
     if len(all_runs) < 2:
         raise ConfigError(f"compare needs at least two different runs, got {len(all_runs)}")
-    labs = dict(zip((r.path.resolve() for r in all_runs), _resolve_labels(all_runs, labels), strict=True))
+    groups = seed_groups(all_runs, labels)
+    if len(groups) < 2:
+        raise ConfigError(
+            f"compare needs at least two different runs or rows, got one row: all {len(all_runs)} runs belong to "
+            f"{groups[0].label!r} (fine-tuning seeds {', '.join(str(s) for s in sorted(set(groups[0].seeds)))}); "
+            "pass another configuration, or tell the runs apart with --label"
+        )
     if base_run is not None:
         bp = base_run.path.resolve()
-        base_run = next(r for r in all_runs if r.path.resolve() == bp)
-        pairs = [(r, base_run) for r in all_runs if r is not base_run]
+        base_group = next(g for g in groups if any(r.path.resolve() == bp for r in g.runs))
+        base_run = next(r for r in base_group.runs if r.path.resolve() == bp)
+        pairs = [(g, base_group) for g in groups if g is not base_group]
     else:
-        pairs = list(itertools.combinations(all_runs, 2))
+        pairs = list(itertools.combinations(groups, 2))
 
     rows = []
-    for ra, rb in pairs:
-        shared = [k for k in ra.results if k in rb.results]
+    for ga, gb in pairs:
+        keys_b = set(gb.keys())
+        shared = [k for k in ga.keys() if k in keys_b]
         if not shared:
             raise ConfigError(
-                f"{ra.path} and {rb.path} share no dataset x split x ways x shots x queries x method; "
+                f"{ga.name} and {gb.name} share no dataset x split x ways x shots x queries x method; "
                 "nothing to compare"
             )
         for key in shared:
-            xa, xb = paired_accuracies(ra, rb, key)
-            diff, half = stats.mean_difference(xa, xb, level=level)
-            if xa.size >= 2:
-                tt = stats.paired_ttest(xa, xb)
-            else:
-                tt = stats.TestResult(math.nan, math.nan)
-            ww = stats.wilcoxon(xa, xb)
-            rows.append({
-                "a": labs[ra.path.resolve()],
-                "b": labs[rb.path.resolve()],
-                "run_a": str(ra.path),
-                "run_b": str(rb.path),
-                **dict(zip(KEY, key, strict=True)),
-                "n": int(xa.size),
-                "mean_a": float(xa.mean()),
-                "mean_b": float(xb.mean()),
-                "diff": diff,
-                "ci": half,
-                "diff_low": diff - half,
-                "diff_high": diff + half,
-                "t": tt.statistic,
-                "p_t": tt.pvalue,
-                "w": ww.statistic,
-                "p_wilcoxon": ww.pvalue,
-                "episodes_sha256": ra.results[key].get("episodes_sha256"),
-            })
+            for ra, rb in seed_pairs(ga.runs_for(key), gb.runs_for(key), f"{ga.label!r} vs {gb.label!r}, "
+                                     f"{_key_text(key)}"):
+                xa, xb = paired_accuracies(ra, rb, key)
+                diff, half = stats.mean_difference(xa, xb, level=level)
+                if xa.size >= 2:
+                    tt = stats.paired_ttest(xa, xb)
+                else:
+                    tt = stats.TestResult(math.nan, math.nan)
+                ww = stats.wilcoxon(xa, xb)
+                rows.append({
+                    "a": ga.label,
+                    "b": gb.label,
+                    "run_a": str(ra.path),
+                    "run_b": str(rb.path),
+                    "seed_a": ra.finetune_seed,
+                    "seed_b": rb.finetune_seed,
+                    **dict(zip(KEY, key, strict=True)),
+                    "n": int(xa.size),
+                    "mean_a": float(xa.mean()),
+                    "mean_b": float(xb.mean()),
+                    "diff": diff,
+                    "ci": half,
+                    "diff_low": diff - half,
+                    "diff_high": diff + half,
+                    "t": tt.statistic,
+                    "p_t": tt.pvalue,
+                    "w": ww.statistic,
+                    "p_wilcoxon": ww.pvalue,
+                    "episodes_sha256": ra.results[key].get("episodes_sha256"),
+                })
     df = pd.DataFrame(rows)
+    for col in ("seed_a", "seed_b"):
+        df[col] = pd.Series([r[col] for r in rows], dtype=object)
     df["p_t_holm"] = stats.holm(df["p_t"].to_numpy())
     df["p_wilcoxon_holm"] = stats.holm(df["p_wilcoxon"].to_numpy())
     for a in alphas:
         df[f"verdict_{a:g}"] = [_verdict(d, p, a) for d, p in zip(df["diff"], df["p_t_holm"], strict=True)]
     df.attrs.update({"alpha": list(alphas), "level": level, "baseline": None if base_run is None else str(base_run.path),
-                     "protocol": protocol_text(runs_frame(all_runs))})
+                     "aggregate": aggregate, "protocol": protocol_text(runs_frame(all_runs))})
     return df
+
+
+def _seed_text(a: Any, b: Any) -> str:
+    def one(s: Any) -> str:
+        return "-" if s is None or (isinstance(s, float) and math.isnan(s)) else str(int(s))
+
+    return one(a) if one(a) == one(b) else f"{one(a)}/{one(b)}"
+
+
+def seed_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Sum the seed pairs of :func:`compare` up: one row per row pair x key.
+
+    Columns: ``a``, ``b``, the :data:`KEY` columns, ``n_pairs``, ``seeds`` (the pairs,
+    ``"0,1,2"``, or ``"0/3"`` where the two seeds differ), ``mean_a``, ``mean_b``, ``diff``
+    (the aggregate, ``df.attrs["aggregate"]``, median by default, of the per-pair values),
+    ``diff_min``, ``diff_max``, and for each ``alpha``: ``n_better_<alpha>``,
+    ``n_worse_<alpha>`` (seed pairs whose Holm-adjusted paired t-test is significant in
+    favour of ``a`` / of ``b``) and ``verdict_<alpha>``: ``"better"`` when every seed pair
+    is better, ``"worse"`` when every one is worse, ``"n.s."`` when none is significant,
+    else ``"mixed"``.
+    """
+    how = df.attrs.get("aggregate", "median")
+    alphas = [c.removeprefix("verdict_") for c in df.columns if c.startswith("verdict_")]
+    cols = ["a", "b", *KEY]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for keys, g in df.groupby(cols, sort=False):
+        row = dict(zip(cols, keys, strict=True))
+        row.update({
+            "n_pairs": len(g),
+            "seeds": ",".join(_seed_text(a, b) for a, b in zip(g["seed_a"], g["seed_b"], strict=True)),
+            "mean_a": aggregate_seeds(g["mean_a"], how)[0],
+            "mean_b": aggregate_seeds(g["mean_b"], how)[0],
+            "diff": aggregate_seeds(g["diff"], how)[0],
+            "diff_min": float(g["diff"].min()),
+            "diff_max": float(g["diff"].max()),
+        })
+        for a in alphas:
+            v = g[f"verdict_{a}"]
+            better, worse = int((v == "better").sum()), int((v == "worse").sum())
+            row[f"n_better_{a}"] = better
+            row[f"n_worse_{a}"] = worse
+            row[f"verdict_{a}"] = ("better" if better == len(g) else "worse" if worse == len(g)
+                                   else "n.s." if better + worse == 0 else "mixed")
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["aggregate"] = how
+    return out
 
 
 def format_compare(df: pd.DataFrame) -> str:
     """The output of :func:`compare` as a fixed-width text table for a terminal.
 
     Differences and CIs in percentage points; p-values Holm-adjusted; one verdict
-    column per alpha.
+    column per alpha. When a row pair was compared over several seed pairs, a ``seed``
+    column names each pair and a second table (:func:`seed_summary`) sums them up.
     """
     if df.empty:
         return "(no comparisons)"
     verdicts = [c for c in df.columns if c.startswith("verdict_")]
+    summary = seed_summary(df)
+    several = bool((summary["n_pairs"] > 1).any())
     out = pd.DataFrame({
         "a": df["a"],
         "b": df["b"],
@@ -446,6 +907,7 @@ def format_compare(df: pd.DataFrame) -> str:
         "ways": df["ways"].astype(str) + "-way",
         "shots": df["shots"].astype(str) + "-shot",
         "method": df["method"],
+        **({"seed": [_seed_text(a, b) for a, b in zip(df["seed_a"], df["seed_b"], strict=True)]} if several else {}),
         "n": df["n"],
         "a %": [f"{100 * x:.2f}" for x in df["mean_a"]],
         "b %": [f"{100 * x:.2f}" for x in df["mean_b"]],
@@ -462,8 +924,33 @@ def format_compare(df: pd.DataFrame) -> str:
         f"a-b: mean paired difference ± half-width of its {100 * level:g}% t-interval, in percentage points; "
         "p-values Holm-adjusted over all rows; verdict from the adjusted paired t-test."
     )
+    text = out.to_string(index=False) + "\n" + note
+    if several:
+        how = summary.attrs.get("aggregate", "median")
+        s = pd.DataFrame({
+            "a": summary["a"],
+            "b": summary["b"],
+            "dataset": [dataset_display_name(d) for d in summary["dataset"]],
+            "shots": summary["shots"].astype(str) + "-shot",
+            "method": summary["method"],
+            "seeds": summary["seeds"],
+            f"a-b (pp) {how} [min, max]": [
+                f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                for d, lo, hi in zip(summary["diff"], summary["diff_min"], summary["diff_max"], strict=True)],
+            **{f"α={c.removeprefix('verdict_')}": [
+                f"{v} ({nb}↑ {nw}↓ of {n})" for v, nb, nw, n in zip(
+                    summary[c], summary[f"n_better_{c.removeprefix('verdict_')}"],
+                    summary[f"n_worse_{c.removeprefix('verdict_')}"], summary["n_pairs"], strict=True)]
+               for c in verdicts},
+        })
+        text += (
+            "\n\nseed pairs (seed s of a against seed s of b, same episodes):\n" + s.to_string(index=False) + "\n"
+            f"a-b: {how} over the seed pairs of the per-pair mean differences, with their range; verdict: better/"
+            "worse when every seed pair is significant in that direction (Holm-adjusted t-test above), mixed when "
+            "only some are, n.s. when none is; ↑/↓ count the pairs significant for a / for b."
+        )
     protocol = df.attrs.get("protocol")
-    return out.to_string(index=False) + "\n" + note + (f"\nprotocol: {protocol}" if protocol else "")
+    return text + (f"\nprotocol: {protocol}" if protocol else "")
 
 
 def _fmt_p(p: float) -> str:
@@ -476,22 +963,28 @@ def write_compare_json(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the output of :func:`compare` to ``path`` (``compare.json``), atomically.
 
     ``{"format": "fewshot-bench-compare", "format_version": 1, "alpha": [...],
-    "level": 0.95, "baseline": path|null, "holm": "...", "comparisons": [row, ...]}``
-    with one object per row, NaN written as ``null``.
+    "level": 0.95, "baseline": path|null, "aggregate": "median", "holm": "...",
+    "comparisons": [row, ...], "seed_groups": [row, ...]}``: ``comparisons`` holds one
+    object per seed pair (the rows of :func:`compare`, with ``seed_a``/``seed_b``),
+    ``seed_groups`` one per row pair x key (:func:`seed_summary`); NaN is written as ``null``.
     """
-    records = []
-    for rec in df.to_dict(orient="records"):
-        records.append({str(k): _json_value(v) for k, v in rec.items()})
+    def records(frame: pd.DataFrame) -> list[dict]:
+        return [{str(k): _json_value(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
+
     atomic_write_json(path, {
         "format": COMPARE_FORMAT,
         "format_version": 1,
         "alpha": list(df.attrs.get("alpha", [])),
         "level": df.attrs.get("level"),
         "baseline": df.attrs.get("baseline"),
+        "aggregate": df.attrs.get("aggregate", "median"),
         "protocol": df.attrs.get("protocol"),
         "tests": "paired t-test (scipy.stats.ttest_rel) and Wilcoxon signed-rank (zero_method='wilcox'), two-sided",
-        "holm": "Holm-Bonferroni over all comparisons in this file, t and Wilcoxon separately",
-        "comparisons": records,
+        "holm": "Holm-Bonferroni over all comparisons in this file (every seed pair), t and Wilcoxon separately",
+        "seed_pairing": "seed s of a against seed s of b on the same episodes; two single runs are paired whatever "
+                        "their seeds; a single run is paired with every seed of a row that shares none of its seeds",
+        "comparisons": records(df),
+        "seed_groups": records(seed_summary(df)),
     })
 
 
@@ -517,6 +1010,11 @@ _LATEX_SPECIAL = {
 def latex_escape(text: str) -> str:
     """Escape LaTeX's special characters in plain text."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex_text(text: str) -> str:
+    """:func:`latex_escape`, then ``±`` and ``–`` (en dash) in LaTeX's own spelling."""
+    return latex_escape(text).replace("±", r"$\pm$").replace("–", "--")
 
 
 def _column_names(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -547,27 +1045,42 @@ def _dataset_rank(name: str) -> tuple[int, str]:
     return (_DATASET_ORDER.index(base), name) if base in _DATASET_ORDER else (len(_DATASET_ORDER), name)
 
 
-def _beats_baseline(tidy: pd.DataFrame, runs: dict[str, Run], baseline: Run) -> list[bool]:
-    """Per tidy row: mean diff > 0 and two-sided paired t-test p < TABLE_ALPHA against the baseline."""
+def _baseline_key(base: SeedGroup, key: Key) -> Key | None:
+    """The baseline's key for ``key``: the same, else the one method it evaluated on that column."""
+    keys = base.keys()
+    if key in keys:
+        return key
+    cands = [k for k in keys if k[:5] == key[:5]]
+    return cands[0] if len(cands) == 1 else None
+
+
+def _beats_baseline(tidy: pd.DataFrame, groups: Mapping[str, SeedGroup], base: SeedGroup) -> list[bool]:
+    """Per tidy row: in every seed pair (:func:`seed_pairs`) against the baseline row, the mean
+    difference is > 0 and the two-sided paired t-test p-value, Holm-adjusted over the seed
+    pairs of that cell, is < TABLE_ALPHA (with one pair: the plain p-value)."""
     out = []
-    bpath = str(baseline.path)
     for _, row in tidy.iterrows():
-        if row["run"] == bpath:
+        group = groups[row["label"]]
+        if group is base:
             out.append(False)
             continue
-        key = tuple(row[c] for c in KEY)
-        key = (str(key[0]), str(key[1]), int(key[2]), int(key[3]), int(key[4]), str(key[5]))
-        bkey = key if key in baseline.results else None
-        if bkey is None:  # the baseline evaluated one other method on this column: compare with it
-            cands = [k for k in baseline.results if k[:5] == key[:5]]
-            bkey = cands[0] if len(cands) == 1 else None
+        key = (str(row["dataset"]), str(row["split"]), int(row["ways"]), int(row["shots"]), int(row["queries"]),
+               str(row["method"]))
+        bkey = _baseline_key(base, key)
         if bkey is None:
             out.append(False)
             continue
-        xa, xb = paired_accuracies(runs[row["run"]], baseline, key, bkey)
-        diff = float(np.mean(xa - xb))
-        p = stats.paired_ttest(xa, xb).pvalue if xa.size >= 2 else math.nan
-        out.append(bool(diff > 0 and p < TABLE_ALPHA))
+        diffs, ps = [], []
+        for ra, rb in seed_pairs(group.runs_for(key), base.runs_for(bkey),
+                                 f"--baseline: {group.label!r} vs {base.label!r}, {_key_text(key)}"):
+            xa, xb = paired_accuracies(ra, rb, key, bkey)
+            diffs.append(float(np.mean(xa - xb)))
+            ps.append(stats.paired_ttest(xa, xb).pvalue if xa.size >= 2 else math.nan)
+        if any(math.isnan(p) for p in ps):
+            out.append(False)
+            continue
+        adjusted = stats.holm(ps)
+        out.append(bool(all(d > 0 and p < TABLE_ALPHA for d, p in zip(diffs, adjusted, strict=True))))
     return out
 
 
@@ -592,8 +1105,92 @@ def protocol_text(tidy: pd.DataFrame) -> str:
         f"Mean accuracy (%) with 95% confidence interval ({ci_text}, s with ddof=1) over "
         f"{values('n')} {values('split')} episodes, {values('ways')}-way {values('shots')}-shot, "
         f"{values('queries')} queries per class; {kinds}; episode seed {values('seed')}; "
-        f"episode sets (sha256) {'; '.join(hashes)}."
+        f"episode sets (sha256) {'; '.join(hashes)}; {_inputs_text(tidy)}."
     )
+
+
+def _inputs_text(tidy: pd.DataFrame) -> str:
+    """``input protocol: X`` when every row shares one, else ``input protocols: label (dataset): X; ...``."""
+    if "input_protocol" not in tidy:
+        return "input protocol unknown"
+    per = tidy.drop_duplicates(["label", "dataset", "input_protocol"])
+    if per["input_protocol"].nunique() == 1:
+        return f"input protocol {per['input_protocol'].iloc[0]}"
+    parts = [f"{lab} ({dataset_display_name(d)}): {t}"
+             for lab, d, t in zip(per["label"], per["dataset"], per["input_protocol"], strict=True)]
+    return "input protocols " + "; ".join(parts)
+
+
+def _literature(with_literature: Any) -> Literature | None:
+    if with_literature is None or with_literature is False:
+        return None
+    if isinstance(with_literature, Literature):
+        return with_literature
+    return load_literature(DEFAULT_SOURCE if with_literature is True else with_literature)
+
+
+def _literature_rows(lit: Literature, tidy: pd.DataFrame) -> pd.DataFrame:
+    """The published rows that fall in a column of ``tidy`` (same dataset display name,
+    split, ways and shots; and queries when the source gives them)."""
+    columns = tidy.drop_duplicates(["col_dataset", "col_shots"])
+    rows = []
+    for _, r in lit.rows.iterrows():
+        for _, c in columns.iterrows():
+            if (dataset_display_name(c["dataset"]) != dataset_display_name(r["dataset"]) or c["split"] != r["split"]
+                    or int(c["ways"]) != int(r["ways"]) or int(c["shots"]) != int(r["shots"])
+                    or (not math.isnan(r["queries"]) and int(c["queries"]) != int(r["queries"]))):
+                continue
+            rows.append({
+                "row": f"{r['method']}, {r['backbone']} (reported)",
+                "label": f"{r['method']}, {r['backbone']}",
+                "reported": True,
+                "source": lit.key,
+                "note": r["note"],
+                "dataset": r["dataset"],
+                "split": r["split"],
+                "ways": int(r["ways"]),
+                "shots": int(r["shots"]),
+                "queries": None if math.isnan(r["queries"]) else int(r["queries"]),
+                "method": "",
+                "mean": float(r["mean"]),
+                "ci95": float(r["ci95"]),
+                "n": None if math.isnan(r["n_episodes"]) else int(r["n_episodes"]),
+                "n_seeds": None,
+                "col_dataset": c["col_dataset"],
+                "col_shots": c["col_shots"],
+                "dagger": False,
+            })
+    if not rows:
+        raise ConfigError(f"--with-literature {lit.key}: none of its rows falls in a column of this table "
+                          "(dataset x split x ways x shots); evaluate on the datasets the source reports")
+    out = pd.DataFrame(rows)
+    dup = out.duplicated(["row", "col_dataset", "col_shots"], keep=False)
+    if dup.any():
+        r = out[dup].iloc[0]
+        raise ConfigError(f"{lit.path}: two reported rows fall in one table cell ({r['row']}, {r['col_dataset']} "
+                          f"{r['col_shots']}); tell them apart by method or backbone")
+    return out
+
+
+def _seed_caption(tidy: pd.DataFrame, how: str) -> str:
+    multi = tidy[tidy["n_seeds"] > 1]
+    if multi.empty:
+        return ""
+    counts = sorted({int(s) for s in multi["n_seeds"]})
+    s_text = str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    n_vals = sorted({int(n) for n in multi["n"]})
+    n_text = "/".join(f"{n:,}" for n in n_vals)
+    if how == "mean":
+        rule, whose = "mean", "the per-episode accuracy averaged over the seeds"
+    else:
+        rule = "median"
+        whose = "the median seed"
+        if any(c % 2 == 0 for c in counts):
+            whose += " (with an even number of seeds: of the per-episode accuracy averaged over the two middle " \
+                     "seeds, whose mean is the median)"
+    return (f"Rows over several fine-tuning seeds: {rule} over {s_text} fine-tuning seeds of the per-seed mean "
+            f"accuracies; ± is the 95% CI over {n_text} episodes of {whose}; brackets give the range (min–max) "
+            "of the per-seed means.")
 
 
 def make_table(
@@ -603,27 +1200,45 @@ def make_table(
     labels: Mapping[str, str] | None = None,
     caption: str | None = None,
     label: str | None = "tab:fewshot",
+    aggregate: str = "median",
+    with_literature: bool | str | os.PathLike | Literature | None = None,
 ) -> str:
     """Render runs as the Table-1 layout of few-shot papers; returns the text.
 
-    Rows: one per run (x method when the runs hold several methods), labelled from the
-    checkpoint metadata (:attr:`Run.label`, ``"arch (loss)"``) or ``labels``
-    (``{run_path: text}``). Columns: dataset (display name) x ``"1-shot"``/``"5-shot"``
-    (also split, ways or queries when they vary). Cells: ``mean±ci95`` in percent with
-    two decimals (``$\\pm$`` in LaTeX), the best mean of each column in bold (ties at
-    two decimals all bold). With ``baseline`` (a run, added to the rows when not among
-    ``runs``), a dagger marks a cell whose mean is above the baseline's with a two-sided
-    paired t-test p < 0.05 on identical episodes (refused with
+    Rows: one per configuration (:func:`seed_groups`: runs that differ only in the
+    fine-tuning seed share a row; x method when the runs hold several methods), labelled
+    from the checkpoint metadata (``"arch (loss)"``) or ``labels`` (``{run_path: text}``;
+    the same text for several runs groups them). Columns: dataset (display name) x
+    ``"1-shot"``/``"5-shot"`` (also split, ways or queries when they vary). Cells:
+    ``mean±ci95`` in percent with two decimals (``$\\pm$`` in LaTeX); for a row of several
+    seeds the mean is the ``aggregate`` (``"median"`` or ``"mean"``, :func:`aggregate_seeds`)
+    of the per-seed means, ± the episode CI of that value (:func:`groups_frame`), followed
+    by ``[min–max]`` of the per-seed means. The best mean of each column is bold (ties at
+    two decimals all bold). With ``baseline`` (any run of the baseline row, added to the
+    rows when not among ``runs``), a dagger marks a cell above the baseline in every seed
+    pair by a two-sided paired t-test on identical episodes, p < 0.05 after Holm over the
+    seed pairs of the cell (one pair: unadjusted; refused with
     :class:`~fewshot_bench.errors.EpisodeError` when the episode sets differ).
+
+    ``with_literature`` (``True`` for the bundled :data:`~fewshot_bench.literature.DEFAULT_SOURCE`,
+    a bundled key, a CSV path or a :class:`~fewshot_bench.literature.Literature`) appends
+    the published rows that fall in the table's columns, marked ``(reported)``, never bold
+    or daggered, cited in the caption as reported, not reproduced.
 
     ``fmt``: ``"latex"`` (``table`` float with booktabs rules via
     ``Styler.to_latex(hrules=True)``; needs ``\\usepackage{booktabs}``), ``"markdown"``
-    (pipe table followed by the caption) or ``"csv"`` (two header rows, plain cells,
-    no bold, dagger kept). The caption (``caption`` first, then the protocol from
-    :func:`protocol_text` and the legend) goes into every format.
+    (pipe table followed by the caption), ``"csv"`` (two header rows, plain cells, no
+    bold, dagger kept; a ``reported`` column when literature rows are in), ``"csv-long"``
+    (one line per row x column with every number: n_seeds, per-seed means, spread,
+    ``reported``, ...) or ``"json"`` (the same records with the caption). The caption
+    (``caption`` first, then the protocol from :func:`protocol_text`, the seed rule and
+    the legend) goes into every format.
     """
     if fmt not in _TABLE_FORMATS:
         raise ConfigError(f"--format {fmt}: unknown table format; use one of: {', '.join(_TABLE_FORMATS)}")
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"--aggregate {aggregate}: unknown rule; use one of: {', '.join(AGGREGATES)}")
+    lit = _literature(with_literature)
     run_list = _unique_runs(runs)
     base_run = _as_run(baseline) if baseline is not None else None
     if base_run is not None:
@@ -633,10 +1248,14 @@ def make_table(
             base_run = match[0]
         else:
             run_list.append(base_run)
-    tidy = _column_names(runs_frame(run_list, labels))
+    groups = seed_groups(run_list, labels)
+    by_label = {g.label: g for g in groups}
+    base_group = None
+    if base_run is not None:
+        base_group = next(g for g in groups if any(r is base_run for r in g.runs))
+    tidy = _column_names(groups_frame(groups, aggregate=aggregate))
     tidy["row"] = _row_labels(tidy)
-    by_path = {str(r.path): r for r in run_list}
-    tidy["dagger"] = _beats_baseline(tidy, by_path, base_run) if base_run is not None else False
+    tidy["dagger"] = _beats_baseline(tidy, by_label, base_group) if base_group is not None else False
 
     dup = tidy.duplicated(["row", "col_dataset", "col_shots"], keep=False)
     if dup.any():
@@ -647,55 +1266,135 @@ def make_table(
     tidy["mean_pct"] = (100 * tidy["mean"]).round(2)
     best = tidy.groupby(["col_dataset", "col_shots"])["mean_pct"].transform("max")
     tidy["best"] = tidy["mean_pct"] == best
-
-    latex = fmt == "latex"
-    pm = r"$\pm$" if latex else "±"
-    dagger = r"$^\dagger$" if latex else "†"
-
-    def cell(r: pd.Series) -> str:
-        ci = "nan" if math.isnan(r["ci95"]) else f"{100 * r['ci95']:.2f}"
-        text = f"{r['mean_pct']:.2f}{pm}{ci}"
-        if r["best"] and fmt != "csv":
-            text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
-        return text + (dagger if r["dagger"] else "")
-
-    tidy["cell"] = tidy.apply(cell, axis=1)
+    tidy["reported"] = False
+    tidy["source"] = None
+    tidy["note"] = ""
+    protocol = protocol_text(tidy)
+    seed_rule = _seed_caption(tidy, aggregate)
     rows = list(dict.fromkeys(tidy["row"]))
     datasets = sorted(dict.fromkeys(tidy["col_dataset"]), key=_dataset_rank)
     col_order = []
     for d in datasets:
         sub = tidy[tidy["col_dataset"] == d].sort_values(["ways", "shots", "queries"])
         col_order += [(d, s) for s in dict.fromkeys(sub["col_shots"])]
+    lit_rows: list[str] = []
+    if lit is not None:
+        extra = _literature_rows(lit, tidy)
+        extra["mean_pct"] = (100 * extra["mean"]).round(2)
+        extra["best"] = False
+        lit_rows = [r for r in dict.fromkeys(extra["row"]) if r not in rows]
+        tidy = pd.concat([tidy, extra], ignore_index=True)
+        rows += lit_rows
+
+    latex = fmt == "latex"
+    pm = r"$\pm$" if latex else "±"
+    dagger = r"$^\dagger$" if latex else "†"
+    dash = "--" if latex else "–"
+
+    def cell(r: pd.Series, plain: bool = False) -> str:
+        ci = "nan" if math.isnan(r["ci95"]) else f"{100 * r['ci95']:.2f}"
+        if r["reported"]:
+            return f"{r['mean_pct']:.2f}" + ("" if math.isnan(r["ci95"]) else f"{pm}{ci}")
+        text = f"{r['mean_pct']:.2f}{pm}{ci}"
+        if r["best"] and not plain:
+            text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
+        text += dagger if r["dagger"] else ""
+        if r["n_seeds"] > 1:
+            text += f" [{100 * r['seed_min']:.2f}{dash}{100 * r['seed_max']:.2f}]"
+        return text
+
+    tidy["cell"] = tidy.apply(cell, axis=1, plain=fmt != "latex" and fmt != "markdown")
+
+    legend = "" if fmt != "latex" and fmt != "markdown" else "Best mean per column in bold."
+    if base_group is not None:
+        bname = base_group.label
+        several = any(len(g.runs) > 1 for g in groups)
+        what = ("in every fine-tuning seed pair (seed s against seed s) by a two-sided paired t-test on the same "
+                f"episodes, p < {TABLE_ALPHA:g} after Holm over the seed pairs of each cell (one pair: unadjusted)."
+                if several else
+                f"by a two-sided paired t-test on the same episodes, p < {TABLE_ALPHA:g} (not adjusted for multiple "
+                "comparisons).")
+        legend += f" {dagger}: mean above the baseline ({latex_escape(bname) if latex else bname}) {what}"
+    footnote = ""
+    if lit is not None:
+        footnote = (f"Rows marked (reported): numbers reported in {lit.reference}, not reproduced by fewshot-bench; "
+                    "their ± is the published 95% CI, over the paper's own episodes.")
+    if latex:
+        protocol, seed_rule, footnote = (_latex_text(s) for s in (protocol, seed_rule, footnote))
+    parts = (caption, protocol, seed_rule, legend, footnote)
+    full_caption = " ".join(p.strip() for p in parts if p and p.strip())
+
+    if fmt in ("csv-long", "json"):
+        return _long_output(tidy, rows, fmt, full_caption, aggregate, lit, base_group)
     wide = tidy.pivot(index="row", columns=["col_dataset", "col_shots"], values="cell")
     wide = wide.reindex(index=rows, columns=pd.MultiIndex.from_tuples(col_order)).fillna("--" if latex else "")
-
-    legend = "" if fmt == "csv" else "Best mean per column in bold."
-    if base_run is not None:
-        brow = tidy.loc[tidy["run"] == str(base_run.path), "label"]
-        bname = str(brow.iloc[0]) if len(brow) else base_run.name
-        legend += (
-            f" {dagger}: mean above the baseline ({latex_escape(bname) if latex else bname}) by a two-sided "
-            f"paired t-test on the same episodes, p < {TABLE_ALPHA:g} (not adjusted for multiple comparisons)."
-        )
-    protocol = protocol_text(tidy)
     if latex:
-        full_caption = " ".join(p.strip() for p in (caption, latex_escape(protocol), legend) if p)
-        return _to_latex(wide, full_caption, label)
-    full_caption = " ".join(p.strip() for p in (caption, protocol, legend) if p)
+        return _to_latex(wide, full_caption, label, first_reported=lit_rows[0] if lit_rows else None)
     if fmt == "markdown":
         return _to_markdown(wide) + "\n\n" + full_caption + "\n"
     flat = wide.copy()
     flat.columns = flat.columns.set_names(["dataset", "model"])
+    if lit is not None:
+        flat[("reported", "reported")] = [r in lit_rows for r in flat.index]
     return flat.to_csv(lineterminator="\n") + "# " + full_caption + "\n"
 
 
-def _to_latex(wide: pd.DataFrame, caption: str, label: str | None) -> str:
+_LONG_COLUMNS = ("row", "column", "label", "reported", "source", "note", "dataset", "split", "ways", "shots", "queries",
+                 "method", "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_means", "seed_ci95", "seed_min",
+                 "seed_max", "seed_sd", "aggregate", "ci_seeds", "best", "dagger", "cell", "episodes_sha256")
+
+
+def _long_output(tidy: pd.DataFrame, rows: list[str], fmt: str, caption: str, aggregate: str,
+                 lit: Literature | None, base: SeedGroup | None) -> str:
+    """``csv-long`` / ``json``: one record per table row x column, all numbers as fractions."""
+    records = []
+    order = {r: i for i, r in enumerate(rows)}
+    for _, r in tidy.sort_values("row", key=lambda s: s.map(order), kind="stable").iterrows():
+        rec = {"row": r["row"], "column": None}
+        for col in _LONG_COLUMNS[2:]:
+            src = "n" if col == "n_episodes" else col
+            v = r.get(src)
+            if isinstance(v, tuple):
+                v = list(v)
+            elif v is None or (isinstance(v, float) and math.isnan(v)):
+                v = None
+            elif isinstance(v, (np.integer, np.floating, np.bool_)):
+                v = v.item()
+            if col in ("n_episodes", "n_seeds", "queries", "ways", "shots") and isinstance(v, float):
+                v = int(v)
+            rec[col] = v
+        rec["dataset"] = dataset_display_name(rec["dataset"])
+        rec["column"] = f"{r['col_dataset']} {r['col_shots']}"
+        records.append(rec)
+    if fmt == "json":
+        return json.dumps({
+            "format": TABLE_FORMAT,
+            "format_version": 1,
+            "caption": caption,
+            "aggregate": aggregate,
+            "alpha": TABLE_ALPHA,
+            "baseline": None if base is None else base.label,
+            "literature": [] if lit is None else [{"key": lit.key, "citation": lit.citation, "url": lit.url,
+                                                   "version": lit.version, "table": lit.table}],
+            "rows": records,
+        }, indent=2) + "\n"
+    flat = pd.DataFrame([
+        {k: (";".join("" if x is None else f"{x:.10g}" if isinstance(x, float) else str(x) for x in v)
+             if isinstance(v, list) else v) for k, v in rec.items()}
+        for rec in records
+    ], columns=list(_LONG_COLUMNS))
+    return flat.to_csv(index=False, lineterminator="\n") + "# " + caption + "\n"
+
+
+def _to_latex(wide: pd.DataFrame, caption: str, label: str | None, first_reported: str | None = None) -> str:
+    """``wide`` as a booktabs ``table`` float; a ``\\midrule`` sets the reported rows
+    (from ``first_reported`` on) apart from ours."""
     table = wide.copy()
     table.index = [latex_escape(i) for i in table.index]
     table.columns = pd.MultiIndex.from_tuples(
         [(latex_escape(d), latex_escape(s)) for d, s in table.columns], names=["", "Model"]
     )
-    return table.style.to_latex(
+    tex = table.style.to_latex(
         hrules=True,
         multicol_align="c",
         column_format="l" + "c" * table.shape[1],
@@ -704,6 +1403,14 @@ def _to_latex(wide: pd.DataFrame, caption: str, label: str | None) -> str:
         position_float="centering",
         position="t",
     )
+    if first_reported is not None:
+        start = latex_escape(first_reported) + " & "
+        lines = tex.split("\n")
+        at = next((i for i, line in enumerate(lines) if line.startswith(start)), None)
+        if at is not None:
+            lines.insert(at, "\\midrule")
+            tex = "\n".join(lines)
+    return tex
 
 
 def _to_markdown(wide: pd.DataFrame) -> str:

@@ -52,6 +52,10 @@ METAOPTNET_MINI_MEAN: Stats = tuple(v / 255.0 for v in (120.39586422, 115.593614
 METAOPTNET_MINI_STD: Stats = tuple(v / 255.0 for v in (70.68188272, 68.27635443, 72.54505529))  # type: ignore[assignment]
 IMAGENET_MEAN: Stats = (0.485, 0.456, 0.406)
 IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
+RFS_CIFAR_MEAN: Stats = (0.5071, 0.4867, 0.4408)  # RFS dataset/transform_cfg.py, transform D
+RFS_CIFAR_STD: Stats = (0.2675, 0.2565, 0.2761)
+CIFAR10_MEAN: Stats = tuple(v / 255.0 for v in (125.3, 123.0, 113.9))  # type: ignore[assignment]
+CIFAR10_STD: Stats = tuple(v / 255.0 for v in (63.0, 62.1, 66.7))  # type: ignore[assignment]
 
 _IMPL_VERSION = 1  # bump when the numerics change: it is part of every cache key
 
@@ -176,6 +180,13 @@ _preset(EvalTransform("metaoptnet-mini", 84, mean=METAOPTNET_MINI_MEAN, std=META
 _preset(EvalTransform("imagenet-84", 84, resize=96, crop=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 _preset(EvalTransform("imagenet-224", 224, resize=256, crop=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 _preset(EvalTransform("unit", None))
+# the protocols of published backbones (fewshot_bench.protocol.PRESETS; FACTS.md §6)
+_preset(EvalTransform("rfs-cifar", 32, mean=RFS_CIFAR_MEAN, std=RFS_CIFAR_STD))
+_preset(EvalTransform("feat-mini", 84, resize=92, crop=True, mean=METAOPTNET_MINI_MEAN, std=METAOPTNET_MINI_STD))
+_preset(EvalTransform("feat-tiered", 84, mean=CIFAR10_MEAN, std=CIFAR10_STD))
+_preset(EvalTransform("s2m2-cifar", 32, resize=36, crop=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
+_preset(EvalTransform("s2m2-80", 80, resize=92, crop=True, mean=IMAGENET_MEAN, std=IMAGENET_STD))
+_preset(EvalTransform("imagenet-84-noresize", 84, mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
 
 def get_transform(name_or_obj: str | EvalTransform) -> EvalTransform:

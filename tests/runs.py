@@ -18,6 +18,7 @@ import numpy as np
 from fewshot_bench import stats
 
 CSV_COLUMNS = ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
+_SAME = object()
 
 
 def episodes_hash(dataset: str, split: str, ways: int, shots: int, queries: int, n: int, seed: int) -> str:
@@ -47,13 +48,16 @@ def make_run(
     episodes_sha256: Mapping[tuple, str] | None = None,
     format_version: int = 1,
     checkpoint_meta: Mapping[str, Any] | None = None,
+    finetune_seed: Any = _SAME,
 ) -> Path:
     """Write ``path/per_episode.csv`` and ``path/summary.json``; return ``path``.
 
     ``results_per_episode`` maps ``(dataset, shots, method)`` (split "test", 5-way,
     15 queries) or the full ``(dataset, split, ways, shots, queries, method)`` to the
     per-episode accuracies. Episode-set hashes derive from the spec and ``seed`` unless
-    given in ``episodes_sha256`` (same keys).
+    given in ``episodes_sha256`` (same keys). ``seed`` is the episode seed and, unless
+    ``finetune_seed`` is given, also the checkpoint's fine-tuning seed (``meta["seed"]``);
+    ``finetune_seed=None`` writes a checkpoint without one (a third-party checkpoint).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -81,7 +85,9 @@ def make_run(
         w = csv.writer(f)
         w.writerow(CSV_COLUMNS)
         w.writerows(rows)
-    meta = {"arch": arch, "seed": seed, "fewshot_bench_version": "0.1.0"}
+    meta = {"arch": arch, "seed": seed if finetune_seed is _SAME else finetune_seed, "fewshot_bench_version": "0.1.0"}
+    if meta["seed"] is None:
+        del meta["seed"]
     if loss is not None:
         meta["loss"] = loss
     meta.update(checkpoint_meta or {})
@@ -98,3 +104,16 @@ def make_run(
     }
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def make_seed_runs(
+    root: str | Path,
+    name: str,
+    per_seed: Mapping[int, Mapping[tuple, Any]],
+    **kw: Any,
+) -> list[Path]:
+    """One run folder per fine-tuning seed, ``root/<name>-s<seed>``, all on the same episodes
+    (episode seed ``kw.get("seed", 0)``); ``per_seed`` maps each fine-tuning seed to the
+    ``results_per_episode`` of :func:`make_run`. Returns the folders in seed order."""
+    return [make_run(Path(root) / f"{name}-s{s}", results, finetune_seed=s, **kw)
+            for s, results in sorted(per_seed.items())]

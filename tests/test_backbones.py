@@ -39,7 +39,7 @@ def test_shapes_and_out_dim(arch, size, dim):
 
 
 def test_registry_and_kwargs():
-    assert list_architectures() == ["conv4", "resnet12"] == list(BACKBONES)
+    assert list_architectures() == ["conv4", "resnet12", "resnet18", "seresnet12", "wrn28_10"] == list(BACKBONES)
     assert "timm:resnet18" in list_architectures("resnet1*", timm_models=True)
     # None kwargs are dropped so CLI defaults do not override model defaults
     assert create_backbone("conv4", image_size=None, hidden=None).out_dim == 1600
@@ -54,7 +54,7 @@ def test_registry_and_kwargs():
     "name,hint",
     [
         ("resnet-12", "did you mean: resnet12"),
-        ("resnet18", "did you mean: timm:resnet18"),
+        ("resnet34", "did you mean: timm:resnet34"),
         ("timm:resnt18", "timm:resnet18"),
     ],
 )
@@ -103,21 +103,21 @@ def test_save_load_round_trip_with_meta(tmp_path, resnet12):
 
 
 @pytest.mark.parametrize(
-    "wrap,nesting,stripped,ignored",
+    "wrap,nesting,stripped,dropped",
     [
-        (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "", ["module."], []),
-        (lambda sd: {"state_dict": sd, "epoch": 3}, "state_dict", [], []),
+        (lambda sd: {f"module.{k}": v for k, v in sd.items()}, "", ["module."], {}),
+        (lambda sd: {"state_dict": sd, "epoch": 3}, "state_dict", [], {"training-metadata": ["epoch"]}),
         (
             lambda sd: {"model": {f"_orig_mod.{k}": v for k, v in sd.items()}, "optimizer": {}},
             "model",
             ["_orig_mod."],
-            [],
+            {"optimizer-state": ["optimizer"]},
         ),
         (
             lambda sd: {"model_ema": {f"module.backbone.{k}": v for k, v in sd.items()}, "epoch": 9},
             "model_ema",
             ["module.", "backbone."],
-            [],
+            {"training-metadata": ["epoch"]},
         ),
         (
             lambda sd: {
@@ -128,16 +128,16 @@ def test_save_load_round_trip_with_meta(tmp_path, resnet12):
             },
             "model",
             ["encoder."],
-            ["classifier.weight"],
+            {"classifier-head": ["classifier.weight"]},
         ),
     ],
 )
-def test_load_nested_and_prefixed(tmp_path, resnet12, wrap, nesting, stripped, ignored):
+def test_load_nested_and_prefixed(tmp_path, resnet12, wrap, nesting, stripped, dropped):
     torch.save(wrap(resnet12.state_dict()), tmp_path / "c.pth")
     model = _fresh()
     report = load_checkpoint(tmp_path / "c.pth", model)
     assert _same_weights(model, resnet12)
-    assert report.nesting == nesting and report.stripped == stripped and report.ignored == ignored
+    assert report.nesting == nesting and report.stripped == stripped and report.dropped == dropped
     assert report.missing == report.unexpected == [] and report.meta == {}
     assert read_checkpoint_meta(tmp_path / "c.pth") == {}
 
@@ -146,9 +146,10 @@ def test_ema_preferred_on_request(tmp_path, resnet12):
     other = _fresh()
     torch.save({"model": other.state_dict(), "model_ema": resnet12.state_dict()}, tmp_path / "c.pt")
     m = _fresh("resnet12")
-    load_checkpoint(tmp_path / "c.pt", m, use_ema=True)
+    assert load_checkpoint(tmp_path / "c.pt", m, use_ema=True).dropped == {"non-ema-copy": ["model"]}
     assert _same_weights(m, resnet12)
-    assert load_checkpoint(tmp_path / "c.pt", m).nesting == "model"
+    report = load_checkpoint(tmp_path / "c.pt", m)
+    assert report.nesting == "model" and report.dropped == {"ema-copy": ["model_ema"]}
 
 
 def test_timm_head_keys_ignored(tmp_path):
@@ -158,7 +159,8 @@ def test_timm_head_keys_ignored(tmp_path):
     torch.save(full.state_dict(), tmp_path / "r18.pth")
     model = create_backbone("timm:resnet18")
     report = load_checkpoint(tmp_path / "r18.pth", model)
-    assert sorted(report.ignored) == ["fc.bias", "fc.weight"] and report.missing == []
+    assert report.dropped == {"classifier-head": ["fc.weight", "fc.bias"]} and report.missing == []
+    assert report.format == "timm-state-dict" and report.ok
     assert torch.equal(model.conv1.weight, full.conv1.weight)
 
 
@@ -166,24 +168,26 @@ def test_wrong_arch_error_names_the_likely_arch(tmp_path):
     save_checkpoint(tmp_path / "c4.pt", create_backbone("conv4"), {})
     with pytest.raises(
         CheckpointError,
-        match=r"c4\.pt does not fit --arch resnet12: \d+ missing keys \(e\.g\. layer1\.0\.conv1\.weight\)"
-        r".*is it a conv4 checkpoint\?",
+        match=r"c4\.pt \(fewshot-bench format\) does not fit --arch resnet12: no tensor in common .*"
+        r"\d+ missing keys \(e\.g\. layer1\.0\.conv1\.weight, .*; use --arch conv4, which consumes every key$",
     ):
         load_checkpoint(tmp_path / "c4.pt", _fresh())
-    # no metadata: the arch is guessed from the keys
+    # no metadata: the arch is found from the keys (the BACKBONES registry)
     torch.save(create_backbone("conv4").state_dict(), tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match="is it a conv4 checkpoint"):
+    with pytest.raises(CheckpointError, match="use --arch conv4, which consumes every key"):
         load_checkpoint(tmp_path / "foreign.pt", _fresh())
     # same arch, other widths: shape mismatches
     torch.save(create_backbone("conv4", hidden=32).state_dict(), tmp_path / "narrow.pt")
     with pytest.raises(
         CheckpointError,
         match=r"does not fit --arch conv4: \d+ shape mismatches "
-        r"\(e\.g\. 0\.0\.weight: \[32, 3, 3, 3\] in checkpoint, \[64, 3, 3, 3\] in model\)",
+        r"\(e\.g\. 0\.0\.weight: \[32, 3, 3, 3\] in checkpoint, \[64, 3, 3, 3\] in model\); "
+        r"the widths differ: use --arch conv4 --arch-kw hidden=32$",
     ):
         load_checkpoint(tmp_path / "narrow.pt", create_backbone("conv4"))
-    report = load_checkpoint(tmp_path / "narrow.pt", create_backbone("conv4"), strict=False)
-    assert report.mismatched and report.loaded > 0  # BN counters fit
+    with pytest.raises(CheckpointError, match=r"24 shape mismatches .*hidden=32$"):  # BN counters alone load nothing
+        load_checkpoint(tmp_path / "narrow.pt", create_backbone("conv4"), allow_partial=True)
+    assert load_checkpoint(tmp_path / "narrow.pt", create_backbone("conv4", hidden=32)).ok
 
 
 @pytest.mark.parametrize(
@@ -208,8 +212,8 @@ def test_missing_and_stateless_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match=r"holds no state dict \(keys: epoch, optimizer\)"):
         load_checkpoint(tmp_path / "opt.pt", create_backbone("conv4"))
     torch.save(create_backbone("conv4").state_dict(), tmp_path / "c4.pt")
-    with pytest.raises(CheckpointError, match="no key in common"):
-        load_checkpoint(tmp_path / "c4.pt", create_backbone("timm:resnet18"), strict=False)
+    with pytest.raises(CheckpointError, match="no tensor in common"):
+        load_checkpoint(tmp_path / "c4.pt", create_backbone("timm:resnet18"), allow_partial=True)
 
 
 class _Payload:

@@ -174,8 +174,31 @@ def case_unknown_arch(env):
 
 
 def case_checkpoint_of_another_arch(env):
-    return {"arch": "resnet12"}, ["conv4.pt", "does not fit --arch resnet12", "missing keys",
-                                  "is it a conv4 checkpoint?"]
+    # a foreign file (no metadata naming its arch): the strict loader finds the arch from its keys
+    path = env["root"] / "conv4-plain.pt"
+    torch.save(create_backbone("conv4", image_size=32).state_dict(), path)
+    return {"checkpoint": str(path), "arch": "resnet12"}, [
+        "conv4-plain.pt", "does not fit --arch resnet12", "missing keys", "use --arch conv4"]
+
+
+def case_rfs_seresnet12_checkpoint_under_resnet12(env):
+    # RFS seresnet12_last.pth layout ({"opt": Namespace, "model": ...}, 16 *.se.* keys), narrow widths
+    import argparse
+
+    torch.manual_seed(0)
+    model = create_backbone("seresnet12", channels=(8, 16, 32, 64))
+    path = env["root"] / "seresnet12_last.pth"
+    torch.save({"opt": argparse.Namespace(model="seresnet12"), "model": model.state_dict()}, path)
+    return {"checkpoint": str(path), "arch": "resnet12", "arch_kw": ["channels=[8,16,32,64]"]}, [
+        "seresnet12_last.pth (rfs format) does not fit --arch resnet12", "16 unexpected keys",
+        "layer1.0.se.fc.0.weight", "use --arch seresnet12"]
+
+
+def case_whole_module_pickle(env):
+    path = env["root"] / "best_model.pt"
+    torch.save(create_backbone("conv4", image_size=32), path)  # torch.save(model), as ProtoNet's train.py
+    return {"checkpoint": str(path)}, ["best_model.pt is a whole-module pickle", "refused for safety",
+                                       "fewshot-bench convert", "--trust-source"]
 
 
 def case_checkpoint_without_state_dict(env):
@@ -293,6 +316,8 @@ CASES = [
     case_unknown_method,
     case_unknown_arch,
     case_checkpoint_of_another_arch,
+    case_rfs_seresnet12_checkpoint_under_resnet12,
+    case_whole_module_pickle,
     case_checkpoint_without_state_dict,
     case_file_that_is_no_checkpoint,
     case_checkpoint_that_pickles_code,

@@ -12,7 +12,6 @@ import pytest
 import scipy.stats
 import torch
 
-import fewshot_bench.backbones as backbones
 from fewshot_bench.backbones import create_backbone, save_checkpoint
 from fewshot_bench.cli import main
 from fewshot_bench.episodes import EpisodeSet, EpisodeSpec, default_filename
@@ -75,10 +74,10 @@ def test_eval_writes_run_folder_and_matches_scipy(env, capsys):
 
 def test_second_eval_is_bit_identical_and_skips_the_backbone(env, capsys, monkeypatch):
     assert _eval(env, env["root"] / "a") == 0
-    monkeypatch.setattr(backbones, "create_backbone", lambda *a, **k: pytest.fail("backbone was rebuilt"))
     import fewshot_bench.features as features
     monkeypatch.setattr(features, "create_backbone", lambda *a, **k: pytest.fail("backbone was rebuilt"),
                         raising=False)
+    monkeypatch.setattr(features, "extract_features", lambda *a, **k: pytest.fail("features were re-extracted"))
     assert _eval(env, env["root"] / "b") == 0
     a = (env["root"] / "a" / "per_episode.csv").read_bytes()
     assert a == (env["root"] / "b" / "per_episode.csv").read_bytes()
@@ -157,13 +156,13 @@ def test_finetune_extract_eval_compare_table(tmp_path, capsys):
         assert rc == 0, capsys.readouterr().err
     assert torch.load(tmp_path / "clce.pt", weights_only=True)["fewshot_bench"]["loss"] == "clce"
     assert main(["extract", "--checkpoint", str(tmp_path / "ce.pt"), "--arch", "conv4", *common[:2],
-                 *common[2:], "--transform", "unit", "--split", "test"]) == 0
+                 *common[2:], "--split", "test"]) == 0  # the checkpoint's protocol says unit, 16 px
     assert "features" in capsys.readouterr().out
     runs = []
     for loss in ("ce", "clce"):
         runs.append(str(tmp_path / f"run-{loss}"))
         rc = main(["eval", "--checkpoint", str(tmp_path / f"{loss}.pt"), "--arch", "conv4", *common,
-                   "--transform", "unit", "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "30",
+                   "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "30",
                    "--episodes-dir", str(tmp_path / "eps"), "--methods", "protonet", "logistic",
                    "--out", runs[-1]])
         assert rc == 0, capsys.readouterr().err
@@ -204,7 +203,7 @@ def test_checkpoint_of_another_arch_is_refused(env, capsys):
                  "--data-root", str(env["data"]), "--shots", "1", "--queries", "1", "--episodes", "5",
                  "--cache-dir", str(env["cache"]), "--episodes-dir", str(env["episodes"]),
                  "--out", str(env["root"] / "run")]) == 1
-    _one_line_error(capsys, "does not fit --arch resnet12")
+    _one_line_error(capsys, "--arch resnet12 contradicts the checkpoint (conv4); drop --arch, or add --force-protocol")
 
 
 def test_episode_file_from_other_data_is_refused(env, capsys):
@@ -302,3 +301,68 @@ def test_extract_fills_the_entry_eval_reads_for_a_finetuned_checkpoint(tmp_path,
                  "--out", str(tmp_path / "run")]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["transforms"]["image-folder"]["name"] == "unit"
+
+
+def test_finetune_seeds_validation_keep_best_and_log(tmp_path, capsys):
+    data = synth.write_image_folder(tmp_path / "folder", style="split-folders", per_class=4)
+    common = ["finetune", "--arch", "conv4", "--dataset", "image-folder", "--data-root", str(data),
+              "--image-size", "16", "--cache-dir", str(tmp_path / "cache"), "--transform", "unit",
+              "--epochs", "2", "--batch-size", "4"]
+    rc = main([*common, "--loss", "clce", "--lam", "0.8", "--contrast-on", "projection", "--seeds", "0", "1",
+               "--val-every", "1", "--val-ways", "2", "--val-queries", "1", "--val-episodes", "5",
+               "--keep", "best", "--log", str(tmp_path / "train.log.jsonl"), "--out", str(tmp_path / "m.pt")])
+    assert rc == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    for seed in (0, 1):
+        ckpt = tmp_path / f"m-seed{seed}.pt"
+        assert f"wrote {ckpt}" in out
+        meta = torch.load(ckpt, weights_only=True)["fewshot_bench"]
+        assert (meta["seed"], meta["loss"], meta["lam"], meta["contrast_on"], meta["keep"]) == (
+            seed, "clce", 0.8, "projection", "best")
+        assert meta["selected_epoch"] in (1, 2) and [v["epoch"] for v in meta["val"]] == [1, 2]
+        assert meta["val_spec"]["ways"] == 2 and meta["protocol"]["image_size"] == 16
+        lines = (tmp_path / f"train-seed{seed}.log.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert main([*common, "--seed", "3", "--out", str(tmp_path / "one.pt")]) == 0
+    assert torch.load(tmp_path / "one.pt", weights_only=True)["fewshot_bench"]["seed"] == 3
+    assert (tmp_path / "one.log.jsonl").is_file()
+
+
+def test_finetune_takes_a_loss_from_a_file_and_lists_the_registry(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_loss.py").write_text(
+        "import torch.nn.functional as F\n"
+        "from fewshot_bench.train.losses import LossTerms, TrainingLoss\n"
+        "class Smoothed(TrainingLoss):\n"
+        "    name = 'smoothed'\n"
+        "    uses_ce = True\n"
+        "    def __init__(self, eps: float = 0.2):\n"
+        "        self.eps = eps\n"
+        "    def compute(self, logits, z, labels, z_labels):\n"
+        "        ce = F.cross_entropy(logits, labels, label_smoothing=self.eps)\n"
+        "        return LossTerms(ce, ce, None)\n")
+    data = synth.write_image_folder(tmp_path / "folder", style="split-folders", per_class=4)
+    rc = main(["finetune", "--arch", "conv4", "--dataset", "image-folder", "--data-root", str(data), "--image-size",
+               "16", "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "4",
+               "--loss", f"{tmp_path / 'my_loss.py'}:Smoothed", "--out", str(tmp_path / "s.pt")])
+    assert rc == 0, capsys.readouterr().err
+    meta = torch.load(tmp_path / "s.pt", weights_only=True)["fewshot_bench"]
+    assert (meta["loss"], meta["loss_params"], meta["loss_spec"]) == (
+        "smoothed", {"eps": 0.2}, f"{tmp_path / 'my_loss.py'}:Smoothed")
+    monkeypatch.setenv("COLUMNS", "400")  # no line breaks inside names such as clce-nohnm
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    help_text = capsys.readouterr().out
+    from fewshot_bench.train.losses import available_losses
+    assert all(name in help_text for name in available_losses()) and "--contrast-on" in help_text
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--seed", "1", "--seeds", "2"], "give --seed S or --seeds S [S ...], not both"),
+    (["--val-every", "1"], "--val-every 1 needs the val split of digits"),  # digits: train and test only
+    (["--keep", "best"], "--keep best needs validation: add --val-every N"),
+])
+def test_finetune_flag_errors_are_one_line(tmp_path, capsys, argv, fragment):
+    rc = main(["finetune", "--arch", "conv4", "--dataset", "digits", "--data-root", str(tmp_path), "--cache-dir",
+               str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "4", *argv, "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert rc == 1 and fragment in err and err.count("\n") == 1, err

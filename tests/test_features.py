@@ -117,7 +117,7 @@ def test_keys_follow_every_input(tmp_path):
     ck = save_checkpoint(tmp_path / "a.pt", model, {"seed": 0})
     k1 = key(ck=ck)
     with torch.no_grad():
-        model[0][0].weight.add_(1)
+        getattr(model, "0")[0].weight.add_(1)
     save_checkpoint(ck, model, {"seed": 0})
     assert k1 != key(ck=ck) and base not in (k1, key(ck=ck))
 
@@ -231,7 +231,7 @@ def test_non_finite_features_are_refused_and_not_cached(tmp_path):
     split = make_split()
     model = create_backbone("conv4", image_size=32, hidden=8)
     with torch.no_grad():
-        model[0][1].weight.fill_(float("nan"))
+        getattr(model, "0")[1].weight.fill_(float("nan"))
     ck = save_checkpoint(tmp_path / "nan.pt", model, {})
     with pytest.raises(
         CheckpointError, match=r"nan\.pt \(--arch conv4\) gives NaN/Inf features for 24 of 24"

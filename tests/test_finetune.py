@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from fewshot_bench.errors import CheckpointError, ConfigError, DataError, UnknownNameError
-from fewshot_bench.train import LOSSES, finetune, state_path
+from fewshot_bench.train import finetune, state_path
+from fewshot_bench.train.losses import available_losses, create_loss
 
 try:
     from fewshot_bench.data.base import Split
@@ -71,11 +72,12 @@ def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", available_losses())
 def test_every_loss_trains_and_writes_a_clean_backbone_checkpoint(split, tmp_path, loss):
     logs: list[dict] = []
-    out = finetune(split, "conv4", loss=loss, epochs=1, out=tmp_path / f"{loss}.pt", log=logs.append, **FAST)
-    assert out == tmp_path / f"{loss}.pt" and out.exists()
+    loss_fn = create_loss(loss)
+    out = finetune(split, "conv4", loss=loss, epochs=1, out=tmp_path / "m.pt", log=logs.append, **FAST)
+    assert out == tmp_path / "m.pt" and out.exists()
     ckpt = _load(out)
     assert set(ckpt) == {"state_dict", "fewshot_bench"}
     assert not any(k.startswith(("head", "projection", "backbone.")) for k in ckpt["state_dict"])
@@ -96,6 +98,14 @@ def test_every_loss_trains_and_writes_a_clean_backbone_checkpoint(split, tmp_pat
         "n_classes",
         "image_size",
         "final_train_loss",
+        "loss_params",
+        "contrast_on",
+        "val",
+        "keep",
+        "selected_epoch",
+        "pretrained",
+        "protocol",
+        "log",
     ):
         assert key in meta, key
     assert (meta["arch"], meta["loss"], meta["dataset"], meta["data_fingerprint"]) == (
@@ -105,15 +115,20 @@ def test_every_loss_trains_and_writes_a_clean_backbone_checkpoint(split, tmp_pat
         "fp-0",
     )
     assert (meta["n_classes"], meta["image_size"], meta["epochs"], meta["batch_size"]) == (4, 16, 1, 16)
-    assert meta["lam"] == (0.9 if loss.startswith("clce") else None)
+    assert meta["loss_params"] == loss_fn.params and meta["lam"] == loss_fn.params.get("lam")
+    assert meta["contrast_on"] == ("encoder" if loss_fn.uses_contrastive else None)
+    assert (meta["val"], meta["keep"], meta["selected_epoch"], meta["pretrained"]) == (None, "last", 1, None)
+    assert meta["protocol"] == {"transform": "unit", "image_size": 16, "resize": None, "crop": False,
+                                "mean": None, "std": None, "pool": "none", "feature_layer": "final"}
+    assert meta["log"] == str(tmp_path / "m.log.jsonl") and (tmp_path / "m.log.jsonl").is_file()
     assert np.isfinite(meta["final_train_loss"]) and meta["final_train_loss"] == pytest.approx(
         logs[-1]["loss"]
     )
-    assert (logs[-1]["ce"] is None) == (loss == "supcon")
-    assert (logs[-1]["contrastive"] is None) == (loss == "ce")
+    assert (logs[-1]["ce"] is None) == (not loss_fn.uses_ce)
+    assert (logs[-1]["contrastive"] is None) == (not loss_fn.uses_contrastive)
     state = _load(state_path(out))  # the resume state loads with weights_only too
     assert state["epoch"] == 1 and state["config"]["loss"] == loss
-    assert (state["head"] is None) == (loss == "supcon") and (state["projection"] is None) == (loss == "ce")
+    assert (state["head"] is None) == (not loss_fn.uses_ce) and state["projection"] is None
     from fewshot_bench.backbones import create_backbone, load_checkpoint
 
     report = load_checkpoint(out, create_backbone("conv4", image_size=16, hidden=16))
@@ -219,11 +234,15 @@ def test_state_path():
         (dict(batch_size=100), ConfigError, r"has 64 images, fewer than --batch-size 100"),
         (dict(optimizer="adam"), UnknownNameError, r"unknown optimizer 'adam'.*did you mean: adamw"),
         (dict(lr=0.0), ConfigError, r"--lr 0.0 must be a positive number"),
-        (dict(lam=1.5), ConfigError, r"--lam 1.5 is outside \[0, 1\]"),
-        (dict(temperature=-1.0), ConfigError, r"--temperature -1.0 must be a positive number"),
+        (dict(loss="clce", lam=1.5), ConfigError, r"--lam 1.5 is outside \[0, 1\]"),
+        (dict(loss="clce", temperature=-1.0), ConfigError, r"--temperature -1.0 must be a positive number"),
+        (dict(lam=0.5), ConfigError, r"loss 'ce' has no parameter 'lam'; its parameters: label_smoothing"),
+        (dict(loss="clce", contrast_on="z"), ConfigError, r"--contrast-on 'z': choose encoder or projection"),
+        (dict(keep="first"), ConfigError, r"--keep 'first': choose last or best"),
         (dict(warmup_epochs=2, epochs=2), ConfigError, r"--warmup-epochs 2 must be smaller than --epochs 2"),
         (dict(amp=True), ConfigError, r"--amp needs a CUDA device"),
-        (dict(image_size=32), ConfigError, r"--image-size 32 but the transform makes 16 px inputs"),
+        (dict(image_size=32, transform=lambda x: x.permute(0, 3, 1, 2).float()), ConfigError,
+         r"--image-size 32: the custom transform 'function' cannot be resized"),
         (dict(device="gpu"), ConfigError, r"--device 'gpu' is not a device"),
     ],
 )

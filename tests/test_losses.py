@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import inspect
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from fewshot_bench.errors import ConfigError
-from fewshot_bench.train.losses import clce_loss, cross_entropy, lacln_loss, supcon_loss
+from fewshot_bench.errors import ConfigError, UnknownNameError
+from fewshot_bench.train import losses
+from fewshot_bench.train.losses import (
+    LOSS_REGISTRY,
+    LossTerms,
+    TrainingLoss,
+    available_losses,
+    clce_loss,
+    create_loss,
+    cross_entropy,
+    describe_losses,
+    get_loss_class,
+    lacln_loss,
+    supcon_loss,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- literal references
 
@@ -199,3 +219,258 @@ def test_bad_parameters():
         supcon_loss(z, y, reduction="avg")
     with pytest.raises(ValueError, match="rows"):
         lacln_loss(z, y[:3])
+
+
+# --------------------------------------------------------------------------- the registry
+
+BUILTINS = ["ce", "ce+h-scl", "ce+supcon", "clce", "clce-nohnm", "h-scl", "lacln", "supcon"]
+DEFAULTS = {
+    "ce": {"label_smoothing": 0.0},
+    "supcon": {"temperature": 0.1},
+    "ce+supcon": {"lam": 0.9, "temperature": 0.5},
+    "lacln": {"temperature": 0.5, "hard_negatives": True, "detach_weights": False},
+    "clce": {"lam": 0.9, "temperature": 0.5},
+    "clce-nohnm": {"lam": 0.9, "temperature": 0.5},
+    "h-scl": {"temperature": 0.5, "beta": 1.0, "detach_weights": False},
+    "ce+h-scl": {"lam": 0.9, "temperature": 0.5, "beta": 1.0},
+}
+
+
+@pytest.fixture
+def restore_loss_registry():
+    saved = dict(LOSS_REGISTRY._items)
+    yield
+    LOSS_REGISTRY._items.clear()
+    LOSS_REGISTRY._items.update(saved)
+
+
+def test_builtins_and_their_defaults():
+    assert available_losses() == BUILTINS
+    assert {r.name: r.params for r in describe_losses()} == DEFAULTS
+    for name, params in DEFAULTS.items():
+        assert create_loss(name).params == params
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_every_loss_documents_its_equation_and_source(name):
+    cls = get_loss_class(name)
+    doc = inspect.getdoc(cls)
+    assert cls.name == name and cls.description and cls.paper
+    assert "arxiv.org" in cls.paper and ("arxiv.org" in doc or "Source" in doc)
+    assert re.search(r"\b(L|l_i|l_ip|CE|FL)\b.*=", doc), f"{name}: no equation in the docstring"
+    assert cls.uses_ce or cls.uses_contrastive
+    assert repr(create_loss(name)).startswith(f"{cls.__name__}(")
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_every_loss_returns_its_terms(name):
+    loss = create_loss(name)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.randn(6, 3, requires_grad=True)
+    z = torch.randn(6, 4, requires_grad=True)
+    terms = loss(logits if loss.uses_ce else None, z if loss.uses_contrastive else None, labels)
+    assert isinstance(terms, LossTerms) and terms.total.ndim == 0
+    assert (terms.ce is not None) == loss.uses_ce
+    assert (terms.contrastive is not None) == loss.uses_contrastive
+    terms.total.backward()
+    if loss.uses_contrastive:
+        with pytest.raises(ValueError, match="needs embeddings z"):
+            loss(logits, None, labels)
+        with pytest.raises(ValueError, match="z must be"):
+            loss(logits, z[:5], labels)
+    if loss.uses_ce:
+        with pytest.raises(ValueError, match="needs logits"):
+            loss(None, z, labels)
+        with pytest.raises(ValueError, match="logits must be"):
+            loss(logits[:4], z, labels)
+    with pytest.raises(ValueError, match="integer class labels"):
+        loss(logits, z, labels.float())
+
+
+def _params_of(name):
+    return set(DEFAULTS[name])
+
+
+BAD = [
+    ("temperature", 0, "--temperature 0 must be a positive number"),
+    ("temperature", -0.5, "--temperature -0.5 must be a positive number"),
+    ("temperature", math.nan, "--temperature nan must be a positive number"),
+    ("temperature", True, "--temperature True must be a positive number"),
+    ("lam", 1.5, r"--lam 1.5 is outside \[0, 1\]"),
+    ("lam", -0.1, r"--lam -0.1 is outside \[0, 1\]"),
+    ("beta", -1.0, "--beta -1.0 must be a number >= 0"),
+    ("beta", math.inf, "--beta inf must be a number >= 0"),
+    ("label_smoothing", 1.0, r"label_smoothing=1.0 must be in \[0, 1\)"),
+    ("hard_negatives", "yes", "hard_negatives='yes' must be True or False"),
+    ("detach_weights", 1, "detach_weights=1 must be True or False"),
+]
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_bad_parameters_raise_one_line_config_errors(name):
+    checked = 0
+    for param, value, message in BAD:
+        if param not in _params_of(name):
+            continue
+        with pytest.raises(ConfigError, match=message) as err:
+            create_loss(name, **{param: value})
+        assert "\n" not in str(err.value)
+        checked += 1
+    assert checked >= 1
+    accepted = ", ".join(DEFAULTS[name])
+    with pytest.raises(ConfigError, match=re.escape(f"loss {name!r} has no parameter 'gamma'; its parameters: {accepted}")):
+        create_loss(name, gamma=2.0)
+    assert create_loss(name, gamma=None).params == DEFAULTS[name]  # None keeps the defaults
+
+
+def test_issue_example_message():
+    with pytest.raises(ConfigError, match=r"^loss 'clce' has no parameter 'beta'; its parameters: lam, temperature$"):
+        create_loss("clce", beta=1.0)
+
+
+def test_unknown_loss_suggests_close_names():
+    with pytest.raises(UnknownNameError, match=r"unknown loss 'hscl' \(--loss\); did you mean: h-scl"):
+        create_loss("hscl")
+
+
+PLUGIN = '''
+import torch
+from fewshot_bench.train.losses import ContrastiveLoss, lacln_loss
+
+class Spread(ContrastiveLoss):
+    """Uniformity, Wang & Isola 2020: L = log mean_{i != j} exp(-t ||z_i - z_j||^2)."""
+    name = "spread"
+    description = "uniformity"
+    paper = "Wang & Isola, ICML 2020, https://arxiv.org/abs/2005.10242"
+
+    def __init__(self, t: float = 2.0):
+        self.t = t
+
+    def term(self, z, labels):
+        z = torch.nn.functional.normalize(z, dim=1)
+        d2 = torch.cdist(z, z).pow(2)
+        off = ~torch.eye(len(z), dtype=torch.bool)
+        return torch.log(torch.exp(-self.t * d2[off]).mean())
+
+class NoTerm(ContrastiveLoss):
+    name = "noterm"
+
+class NotALoss:
+    pass
+'''
+
+
+def test_load_loss_from_file(tmp_path):
+    path = tmp_path / "my_losses.py"
+    path.write_text(PLUGIN)
+    loss = create_loss(f"{path}:Spread", t=1.0)
+    assert loss.params == {"t": 1.0} and loss.uses_contrastive and not loss.uses_ce
+    terms = loss(None, torch.randn(6, 3), torch.arange(6))
+    assert terms.total.ndim == 0 and terms.ce is None
+    assert get_loss_class(f"{path}:Spread") is type(loss)  # imported once
+    assert "spread" not in LOSS_REGISTRY  # loading from a file does not register
+    with pytest.raises(ConfigError, match=r"--loss .*: file .*missing\.py does not exist"):
+        create_loss(f"{tmp_path / 'missing.py'}:Spread")
+    with pytest.raises(UnknownNameError, match="defines no class 'Sprad'; did you mean: Spread"):
+        create_loss(f"{path}:Sprad")
+    with pytest.raises(ConfigError, match="NotALoss in .* is not a TrainingLoss subclass"):
+        create_loss(f"{path}:NotALoss")
+    with pytest.raises(ConfigError, match="NoTerm in .* does not implement term"):
+        create_loss(f"{path}:NoTerm")
+    with pytest.raises(ConfigError, match="has no parameter 'beta'; its parameters: t"):
+        create_loss(f"{path}:Spread", beta=1.0)
+
+
+class _FakeEntryPoint:
+    def __init__(self, name, obj):
+        self.name, self.value, self._obj = name, f"fake:{name}", obj
+
+    def load(self):
+        if isinstance(self._obj, Exception):
+            raise self._obj
+        return self._obj
+
+
+def test_entry_point_losses_load_lazily(monkeypatch, restore_loss_registry):
+    class Plugged(losses.SupCon):
+        name = "plugged"
+
+    calls = []
+
+    def fake_entry_points(group=None, **kw):
+        calls.append(group)
+        return [
+            _FakeEntryPoint("plugged", Plugged),
+            _FakeEntryPoint("broken", ModuleNotFoundError("no module x")),
+            _FakeEntryPoint("notaloss", dict),
+        ]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
+    monkeypatch.setattr(losses.base, "_WARNED", set())
+    assert isinstance(create_loss("clce"), losses.CLCE) and not calls  # built-ins need no scan
+    with pytest.warns(RuntimeWarning) as record:
+        assert isinstance(create_loss("plugged", temperature=0.2), Plugged)
+    assert sorted(str(w.message) for w in record) == [
+        "skipping loss plug-in 'broken': no module x",
+        "skipping loss plug-in 'notaloss': entry point 'notaloss' (fake:notaloss) is not a TrainingLoss "
+        "subclass; derive it from fewshot_bench.train.losses.TrainingLoss",
+    ]
+    assert calls[0] == "fewshot_bench.losses" == losses.ENTRY_POINT_GROUP
+    names = available_losses()  # warned once only
+    assert "plugged" in names and "broken" not in names and "notaloss" not in names
+
+
+def test_register_loss_validates(restore_loss_registry):
+    with pytest.raises(TypeError, match="not a TrainingLoss subclass"):
+        losses.register_loss(dict)
+
+    class Nameless(losses.SupCon):
+        name = ""
+
+    with pytest.raises(TypeError, match="needs a class attribute `name`"):
+        losses.register_loss(Nameless)
+
+    class NoInputs(TrainingLoss):
+        name = "noinputs"
+
+        def compute(self, logits, z, labels, z_labels):
+            return LossTerms(logits.sum(), None, None)
+
+    with pytest.raises(TypeError, match="sets neither uses_ce nor uses_contrastive"):
+        losses.register_loss(NoInputs)
+
+    class Again(losses.SupCon):
+        name = "supcon"
+
+    with pytest.raises(ValueError, match="already registered"):
+        losses.register_loss(Again)
+
+
+@pytest.mark.parametrize("module", ["", ".base", ".ce", ".supcon", ".lacln", ".clce", ".hscl", ".mixed", "._pairs"])
+def test_all_is_sorted_and_exported(module):
+    mod = importlib.import_module("fewshot_bench.train.losses" + module)
+    assert mod.__all__ == sorted(mod.__all__)
+    assert all(hasattr(mod, n) for n in mod.__all__)
+
+
+def _python_block(markdown: Path, heading: str) -> str:
+    text = markdown.read_text(encoding="utf-8")
+    assert heading in text, f"{markdown} has no heading {heading!r}"
+    match = re.search(r"```python\n(.*?)```", text.split(heading, 1)[1], re.S)
+    assert match, f"no ```python block under {heading!r} in {markdown}"
+    return match.group(1)
+
+
+def test_docs_example_runs(restore_loss_registry, capsys):
+    exec(compile(_python_block(ROOT / "docs" / "losses.md", "## How to add a loss"), "losses.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "{'gamma': 2.0} True"
+    assert "focal" in available_losses()
+
+
+def test_docs_table_lists_every_loss_with_its_defaults():
+    text = (ROOT / "docs" / "losses.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([^`]+)` \|.*$", text, re.M)}
+    assert sorted(rows) == BUILTINS
+    for name, params in DEFAULTS.items():
+        for param, default in params.items():
+            assert f"`{param}`" in rows[name] and str(default) in rows[name], (name, param)

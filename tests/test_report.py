@@ -183,7 +183,8 @@ def test_compare_refuses_different_episodes(tmp_path):
 
 def test_compare_needs_shared_results_and_two_runs(tmp_path):
     a = make_run(tmp_path / "a", {("cifar-fs", 1, "protonet"): [0.5, 0.6]})
-    b = make_run(tmp_path / "b", {("fc100", 1, "protonet"): [0.5, 0.6]})
+    # another loss: runs of one configuration and seed on different datasets are one table row (seed groups)
+    b = make_run(tmp_path / "b", {("fc100", 1, "protonet"): [0.5, 0.6]}, loss="clce")
     with pytest.raises(ConfigError, match="share no dataset"):
         report.compare([a, b])
     with pytest.raises(ConfigError, match="at least two different runs"):

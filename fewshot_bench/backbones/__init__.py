@@ -1,13 +1,20 @@
 """Backbones: few-shot classics and any timm model, behind one build path.
 
 >>> model = create_backbone("resnet12")            # (B, 3, H, W) -> (B, 640)
->>> model = create_backbone("conv4", image_size=32) # out_dim 256
+>>> model = create_backbone("resnet12", pool="none", image_size=84)  # MetaOptNet: (B, 16000)
+>>> model = create_backbone("conv4", image_size=32) # flattened: out_dim 256
 >>> model = create_backbone("timm:resnet18")        # timm, num_classes=0, out_dim 512
 
-Every model has ``.out_dim`` (feature size D), ``.arch`` (the name it was built from) and
-``forward(x (B, 3, H, W)) -> (B, D)``. ``None`` keyword arguments are dropped (timm habit),
-so CLI defaults never override a model's own. ``image_size`` is accepted by every arch:
-``conv4`` needs it (its flattened output size depends on it), the others ignore it.
+Few-shot archs: ``conv4`` (ProtoNet), ``resnet12`` (RFS/MetaOptNet/FEAT), ``seresnet12`` (RFS
+with SE), ``wrn28_10`` (S2M2), ``resnet18`` (torchvision keys; ``stem="small"`` for FEAT/easyfsl).
+
+Every model has ``.out_dim`` (feature size D), ``.arch`` (the name it was built from),
+``.pool`` and ``forward(x (B, 3, H, W)) -> (B, D)``; the few-shot archs also have
+``forward_features(x) -> (B, C, h, w)``. ``pool="avg"`` is the global average of that map
+(``(B, C)``), ``pool="none"`` flattens it (``(B, C·h·w)``; needs ``image_size``). ``None``
+keyword arguments are dropped (timm habit), so CLI defaults never override a model's own;
+unknown keywords are refused. ``image_size`` is accepted by every arch: it sets ``out_dim``
+when flattening (``conv4``'s default, as in its paper) and is otherwise unused.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from ..registry import Registry
 
 BACKBONES: Registry = Registry("architecture", flag="--arch")
 
-from . import conv4, resnet12  # noqa: E402, F401  (register themselves)
+from . import conv4, resnet12, resnet18, wrn  # noqa: E402, F401  (register themselves)
 from .checkpoint import LoadReport, load_checkpoint, read_checkpoint_meta, save_checkpoint  # noqa: E402
 from .timm_models import TIMM_PREFIX, create_timm  # noqa: E402
 
@@ -39,7 +46,7 @@ __all__ = [
 
 
 def create_backbone(arch: str, **kw: Any) -> nn.Module:
-    """Build ``arch`` (``conv4``, ``resnet12`` or ``timm:<name>``) with keyword ``kw``.
+    """Build ``arch`` (a registered name such as ``resnet12``, or ``timm:<name>``) with keyword ``kw``.
 
     Raises :class:`UnknownNameError` (with close matches) for unknown names and
     :class:`ConfigError` for keywords the architecture does not take.

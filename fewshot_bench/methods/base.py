@@ -14,7 +14,6 @@ validated: tensors on one device, float32/float64 features, int64 labels that co
 from __future__ import annotations
 
 import hashlib
-import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MethodError
-from ..registry import Registry
+from ..registry import Registry, init_param_names
 
 __all__ = [
     "FewShotMethod",
@@ -66,9 +65,7 @@ class FewShotMethod:
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return [p.name for p in list(sig.parameters.values())[1:] if p.kind in kinds]
+        return init_param_names(cls)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -1,39 +1,58 @@
-"""Fine-tune a backbone on a train split with CE, SupCon or CLCE; resumable and deterministic.
+"""Fine-tune a backbone on a train split with any registered loss; resumable, deterministic, logged.
 
 >>> path = finetune(split, "conv4", loss="clce", epochs=5, lr=1e-3, out=Path("checkpoints/clce.pt"))
+>>> paths = finetune_seeds(split, "conv4", seeds=[0, 1, 2], loss="clce", epochs=5,
+...                        out=Path("checkpoints/clce.pt"))      # clce-seed0.pt, clce-seed1.pt, ...
 
-The network is ``backbone -> features (D)``, plus
+**One training path.** The loss is built once with
+:func:`fewshot_bench.train.losses.create_loss` ``(loss, **loss_params)`` and every step calls it
+as ``loss(logits, z, labels, z_labels=...)``; ``LossTerms.total`` is what is backpropagated, the
+unweighted ``ce`` and ``contrastive`` terms only go to the log. The loop has no loss arithmetic
+of its own. The network (:class:`~fewshot_bench.train.net.TrainNet`) gets a linear head only if
+the loss has a CE term (``uses_ce``) and a projection only if it has a contrastive term
+(``uses_contrastive``) and ``contrast_on="projection"``; with ``contrast_on="encoder"`` (the
+default, the CLCE paper's choice) ``z`` is the backbone's feature itself.
 
-- a linear head ``D -> C`` for the cross-entropy term (losses ``ce``, ``clce``,
-  ``clce-nohnm``), on the backbone features;
-- a projection ``D -> min(D, 2048) -> ReLU -> embed_dim`` whose output is L2-normalised
-  inside the contrastive losses (``supcon``, ``clce``, ``clce-nohnm``), as in SupCon and
-  the CLCE paper.
+**Views.** Losses with a contrastive term see **two augmented views** of every image (both
+views of an image are positives of each other, as are all views of its class): the step's
+input is ``cat([view1, view2])`` ``(2B, 3, S, S)`` and its labels ``labels.repeat(2)``; the CE
+term is then averaged over both views. CE-only losses use one view. Batches are plain random
+shuffles with the last partial batch dropped. Under DDP ``z`` is gathered from every rank
+(with gradient) and ``z_labels`` are the gathered labels; in one process ``z_labels=None``.
 
-Contrastive losses see **two augmented views** of every image (both views of an image are
-positives of each other, as are all views of its class); CE-only training uses one view.
-The CE term of CLCE is averaged over both views. Batches are plain random shuffles with
-the last partial batch dropped (no class-balanced sampler): an anchor whose class has no
-other image in the batch still has its second view as a positive, and a batch in which no
-anchor has a positive contributes 0 to the contrastive term.
+**Inputs.** :mod:`fewshot_bench.train.inputs` picks the transform (``transform=``, a timm
+``pretrained_cfg`` with ``pretrained=``, or the dataset's), and ``image_size=S`` makes it output
+``S`` px (resize, no crop). Augmentation (random crop with zero padding + flip,
+:func:`fewshot_bench.transforms.train_augment`) acts on the uint8 images before it.
 
-Only the backbone is written to ``out`` (through
-:func:`fewshot_bench.backbones.save_checkpoint`, with metadata); head, projection,
-optimizer, schedule and generator states go to the resume file :func:`state_path`
+**Schedule.** Linear warm-up then cosine decay, per step (:mod:`fewshot_bench.train.schedule`).
+
+**Watching and trusting training.** A tqdm bar per epoch; a JSONL log with one line per epoch
+(:mod:`fewshot_bench.train.log`); every ``val_every`` epochs (and after the last epoch) ProtoNet
+accuracy on fixed val episodes (:mod:`fewshot_bench.train.validate`); ``keep="best"`` writes
+the backbone of the epoch with the best val accuracy (the first such epoch on ties).
+
+Only the backbone is written to ``out`` (:func:`fewshot_bench.backbones.save_checkpoint`, with
+metadata: see :func:`finetune`); head, projection, optimizer, schedule, generator, log records,
+val results and (``keep="best"``) the best backbone go to the resume file :func:`state_path`
 (``NAME.state.pt`` beside ``NAME.pt``), rewritten atomically after every epoch.
 
 Randomness, all from ``seed``:
 
 - model initialisation: ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the
-  caller's global RNG state is restored afterwards);
+  caller's global RNG state is restored afterwards), then the backbone, the linear head, the
+  projection, in that order (:mod:`fewshot_bench.train.net`); ``pretrained=`` weights then
+  overwrite the backbone's;
 - shuffling: one CPU ``torch.Generator`` seeded with ``seed``, its state saved every epoch;
-- augmentation: a generator per step seeded from ``(seed, epoch, step, rank)``;
+- augmentation: a generator per step seeded from ``(seed, epoch, step, rank)``; the two views
+  are two successive draws from it, so they differ;
 - anything drawing from the global RNG inside the model (dropout): reseeded per epoch from
   ``(seed, epoch, rank)``.
 
 On CPU, ``torch.use_deterministic_algorithms(True)`` is switched on for the run (and
 restored), so two runs with one seed give identical weights, and an interrupted run
-resumed with ``resume=True`` gives the same weights as an uninterrupted one.
+resumed with ``resume=True`` gives the same weights as an uninterrupted one. Validation draws
+no random numbers and runs the backbone in eval mode, so it does not change the weights.
 """
 
 from __future__ import annotations
@@ -41,7 +60,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +71,36 @@ from torch import nn
 from .. import __version__
 from .. import distributed as D
 from .._io import atomic_write
-from ..errors import CheckpointError, ConfigError, DataError, FewshotBenchError, UnknownNameError
+from ..errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from ..registry import close_matches
-from .losses import LOSSES, cross_entropy, lacln_loss, supcon_loss
+from .inputs import input_protocol, resolve_transform
+from .log import write_log
+from .losses import TrainingLoss, create_loss
+from .net import CONTRAST_ON, TrainNet
+from .schedule import lr_factor
 
-__all__ = ["OPTIMIZERS", "STATE_FORMAT", "finetune", "state_path"]
+__all__ = [
+    "KEEP",
+    "OPTIMIZERS",
+    "STATE_FORMAT",
+    "finetune",
+    "finetune_seeds",
+    "log_path",
+    "seed_path",
+    "state_path",
+]
 
 OPTIMIZERS = ("adamw", "sgd")
+KEEP = ("last", "best")
 STATE_FORMAT = "fewshot-bench-train-state"
-_STATE_VERSION = 1
-_CONTRASTIVE = ("supcon", "clce", "clce-nohnm")
+_STATE_VERSION = 2
 
 # config entries that must match for resume=True to continue a run
 _RESUME_KEYS = (
     "arch",
     "loss",
+    "loss_params",
+    "contrast_on",
     "epochs",
     "batch_size",
     "lr",
@@ -74,8 +108,6 @@ _RESUME_KEYS = (
     "weight_decay",
     "momentum",
     "warmup_epochs",
-    "temperature",
-    "lam",
     "seed",
     "embed_dim",
     "augment",
@@ -85,6 +117,10 @@ _RESUME_KEYS = (
     "n_classes",
     "image_size",
     "transform_key",
+    "pretrained_sha256",
+    "val_every",
+    "val_spec",
+    "keep",
 )
 
 
@@ -94,11 +130,61 @@ def state_path(out: str | Path) -> Path:
     return out.with_name(out.stem + ".state.pt") if out.suffix else out.with_name(out.name + ".state.pt")
 
 
+def log_path(out: str | Path) -> Path:
+    """The default JSONL log beside the checkpoint ``out``: ``NAME.pt`` → ``NAME.log.jsonl``."""
+    out = Path(out)
+    return out.with_name((out.stem if out.suffix else out.name) + ".log.jsonl")
+
+
+def seed_path(path: str | Path, seed: int, n_seeds: int) -> Path:
+    """``path`` for one of ``n_seeds`` runs: unchanged for one seed, else ``NAME-seed{seed}.EXT``.
+
+    ``ckpt.pt`` → ``ckpt-seed0.pt``; ``run.log.jsonl`` → ``run-seed0.log.jsonl``.
+    """
+    path = Path(path)
+    if n_seeds == 1:
+        return path
+    name = path.name
+    for ext in (".log.jsonl", ".state.pt"):
+        if name.endswith(ext) and len(name) > len(ext):
+            return path.with_name(f"{name[: -len(ext)]}-seed{seed}{ext}")
+    return path.with_name(f"{path.stem}-seed{seed}{path.suffix}")
+
+
+def finetune_seeds(split: Any, arch: str, *, seeds: Sequence[int], out: str | Path,
+                   log_file: str | Path | None = None, **kw: Any) -> list[Path]:
+    """Run :func:`finetune` once per seed (one independent initialisation each); return the checkpoints.
+
+    With one seed the checkpoint is exactly ``out``; with several, ``seed_path(out, s, n)``
+    (``ckpt.pt`` → ``ckpt-seed0.pt``, ``ckpt-seed1.pt``, ...), each with its own resume state and
+    log. Each run is the one ``finetune(..., seed=s)`` would do alone (bit-identical weights).
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
+    for s in seeds:
+        _int_at_least("--seeds", s, 0)
+    if len(set(seeds)) != len(seeds):
+        dup = next(s for s in seeds if seeds.count(s) > 1)
+        raise ConfigError(f"--seeds lists seed {dup} twice; give distinct seeds")
+    n = len(seeds)
+    return [
+        finetune(split, arch, seed=int(s), out=seed_path(out, s, n),
+                 log_file=None if log_file is None else seed_path(log_file, s, n), **kw)
+        for s in seeds
+    ]
+
+
 def finetune(
     split: Any,
     arch: str,
     *,
     loss: str = "ce",
+    loss_params: dict | None = None,
+    lam: float | None = None,
+    temperature: float | None = None,
+    beta: float | None = None,
+    contrast_on: str = "encoder",
     epochs: int,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -106,8 +192,6 @@ def finetune(
     weight_decay: float = 5e-4,
     momentum: float = 0.9,
     warmup_epochs: int = 0,
-    temperature: float = 0.5,
-    lam: float = 0.9,
     seed: int = 0,
     device: str | torch.device | None = None,
     out: str | Path,
@@ -120,6 +204,15 @@ def finetune(
     flip: bool = True,
     amp: bool | None = None,
     log: Callable[[dict], None] | None = None,
+    log_file: str | Path | None = None,
+    val_split: Any = None,
+    val_every: int = 0,
+    val_episodes: int = 600,
+    val_ways: int = 5,
+    val_shots: int = 1,
+    val_queries: int = 15,
+    keep: str = "last",
+    pretrained: str | Path | None = None,
     backbone: nn.Module | None = None,
     arch_kwargs: dict | None = None,
 ) -> Path:
@@ -130,42 +223,50 @@ def finetune(
     split: a :class:`fewshot_bench.data.Split` (uint8 ``images (N, H, W, 3)``, ``labels (N,)``
         in ``0..C-1``, ``class_names``, ``dataset``, ``split``, ``fingerprint``).
     arch: backbone name for :func:`fewshot_bench.backbones.create_backbone` (built with
-        ``image_size=`` the transform's output side, plus ``arch_kwargs``).
-    loss: ``ce`` | ``supcon`` | ``clce`` ((1-λ)·CE + λ·LACLN with hard negatives) |
-        ``clce-nohnm`` (the same without hard-negative weights).
+        ``image_size=`` the input side, plus ``arch_kwargs``).
+    loss: a registered loss name (:func:`fewshot_bench.train.losses.available_losses`: ``ce``,
+        ``supcon``, ``ce+supcon``, ``lacln``, ``clce``, ``clce-nohnm``, ``h-scl``, ``ce+h-scl``, ...)
+        or ``"path/to/file.py:ClassName"``.
+    loss_params: hyper-parameters of the loss (``{"lam": 0.9, "temperature": 0.5}``); ``lam``,
+        ``temperature`` and ``beta`` are shortcuts for the same. ``None`` keeps the loss's own
+        defaults; a parameter the loss does not take is a :class:`ConfigError`.
+    contrast_on: ``"encoder"`` (default: the contrastive term sees the backbone features, as in
+        the CLCE paper) or ``"projection"`` (a SupCon-style MLP head). Ignored (recorded as
+        ``None``) for losses without a contrastive term.
     epochs: passes over the split; batches per epoch = ``N // batch_size`` (drop last).
     batch_size: images per step (the *global* batch under DDP; each image gives two views
         for contrastive losses, so the loss sees ``2 * batch_size`` embeddings).
     lr, optimizer, weight_decay, momentum: AdamW (betas 0.9/0.999) or SGD (``momentum``);
         weight decay on every parameter.
-    warmup_epochs: linear warm-up length; then cosine decay to 0 over the remaining steps
-        (the schedule is per step).
-    temperature, lam: τ of the contrastive term, λ of CLCE.
+    warmup_epochs: linear warm-up length; then cosine decay over the remaining steps
+        (:func:`fewshot_bench.train.schedule.lr_factor`, per step).
     seed: every random draw (see the module docstring).
     device: ``None`` → CUDA if available (``cuda:LOCAL_RANK`` under DDP), else CPU.
-    out: the checkpoint to write (backbone ``state_dict`` + metadata); the resume state
-        lives in :func:`state_path` ``(out)``.
+    out: the checkpoint to write; the resume state lives in :func:`state_path` ``(out)``.
     resume: continue from the resume file when it exists (its configuration must match,
         else :class:`ConfigError`); start from scratch when there is none. Without
         ``resume`` an existing resume file is overwritten.
-    transform: eval transform used to feed the network (name or
-        :class:`~fewshot_bench.transforms.EvalTransform` or any callable uint8
-        ``(B, H, W, 3)`` → float ``(B, 3, S, S)``); ``None`` → the dataset's registered
-        ``eval_transform``, else ``"unit"``. Use the same one for evaluation: it is recorded
-        in the metadata (``transform``, ``transform_key``).
-    image_size: expected network input side; ``None`` → whatever the transform outputs.
-        A mismatch is a :class:`ConfigError` (images are never silently stretched).
-    embed_dim: output size of the projection head.
+    transform, image_size: the input transform and side (:mod:`fewshot_bench.train.inputs`);
+        recorded in the metadata under ``protocol``, ``transform``, ``transform_key``,
+        ``image_size``.
+    embed_dim: output size of the projection (``contrast_on="projection"`` only).
     progress: tqdm bar per epoch (rank 0 only).
-    augment: random crop with zero padding ``clamp(H // 8, 1, 8)`` + horizontal flip
-        (:func:`fewshot_bench.transforms.train_augment`) on the uint8 images before the
-        transform; ``False`` feeds the images as they are (both views are then identical).
-    flip: include the horizontal flip in the augmentation; turn it off where a mirror image is
-        another class (digits, text).
+    augment: random crop with zero padding ``clamp(H // 8, 1, 8)`` + horizontal flip on the
+        uint8 images before the transform; ``False`` feeds the images as they are (both views
+        are then identical).
+    flip: include the horizontal flip in the augmentation.
     amp: mixed precision autocast (bf16 where supported, else fp16 with a grad scaler);
         ``None`` → on for CUDA, off on CPU. ``True`` on CPU is a :class:`ConfigError`.
-    log: called on rank 0 after every epoch (after its state is saved) with a dict
-        ``{epoch, epochs, loss, ce, contrastive, lr, seconds, images_per_s, state}``.
+    log: called on rank 0 after every epoch (after its state is saved) with the epoch's log
+        record (:mod:`fewshot_bench.train.log`) plus ``epochs`` and ``state``.
+    log_file: the JSONL log; ``None`` → :func:`log_path` ``(out)``.
+    val_split: the val :class:`~fewshot_bench.data.Split` for validation.
+    val_every: validate every this many epochs (and after the last one); 0 = never.
+    val_episodes, val_ways, val_shots, val_queries: the fixed val episodes (seed 0).
+    keep: ``"last"`` writes the final backbone; ``"best"`` the one of the best val epoch
+        (needs ``val_every``).
+    pretrained: a weights file (safetensors or a torch state dict) loaded strictly into the
+        backbone before training (:mod:`fewshot_bench.train.pretrained`).
     backbone: an already built module to train instead of ``create_backbone(arch)``
         (``arch`` is then only recorded); it needs ``forward (B,3,S,S) -> (B,D)``.
     arch_kwargs: extra keyword arguments for ``create_backbone``.
@@ -174,15 +275,30 @@ def finetune(
     -------
     ``Path(out)`` (on every rank; only rank 0 writes).
 
+    Metadata written with the checkpoint (``ckpt["fewshot_bench"]``): ``arch``, ``loss`` (the
+    loss's name), ``loss_spec`` (as given), ``loss_params`` (every hyper-parameter, defaults
+    included), ``lam``, ``temperature`` (``None`` when the loss has none), ``hard_negatives``,
+    ``contrast_on``, ``batch_size``, ``epochs``, ``lr``, ``optimizer``, ``weight_decay``,
+    ``momentum``, ``warmup_epochs``, ``seed``, ``embed_dim``, ``augment``, ``flip``, ``dataset``,
+    ``split``, ``data_fingerprint``, ``n_classes``, ``image_size``, ``transform``,
+    ``transform_key``, ``world_size``, ``protocol`` (``transform``, ``image_size``, ``resize``,
+    ``crop``, ``mean``, ``std``, ``pool``, ``feature_layer``), ``pretrained`` (``path``,
+    ``sha256``, ``ignored_head_keys``, ``pretrained_cfg``, or ``None``), ``val`` (list of
+    ``{epoch, accuracy, ci95}`` or ``None``), ``val_spec``, ``keep``, ``selected_epoch``,
+    ``log`` (the JSONL path), ``final_train_loss``, ``train_loss_history``,
+    ``fewshot_bench_version``, ``kind="finetune"``.
+
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised from the
     environment when needed, the model is wrapped in ``DistributedDataParallel``, each rank
     trains on its slice of every global batch and the contrastive term sees the
-    embeddings of all ranks (:mod:`fewshot_bench.distributed`).
+    embeddings of all ranks (:mod:`fewshot_bench.distributed`). Validation runs on rank 0.
     """
+    loss_fn = _build_loss(loss, loss_params, lam=lam, temperature=temperature, beta=beta)
     cfg = _validate(
         split,
         arch,
-        loss=loss,
+        loss_fn=loss_fn,
+        contrast_on=contrast_on,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -190,78 +306,103 @@ def finetune(
         weight_decay=weight_decay,
         momentum=momentum,
         warmup_epochs=warmup_epochs,
-        temperature=temperature,
-        lam=lam,
         seed=seed,
         embed_dim=embed_dim,
         out=out,
         augment=augment,
         flip=flip,
+        val_split=val_split,
+        val_every=val_every,
+        keep=keep,
     )
+    cfg.update(loss=str(loss).strip(), loss_name=loss_fn.name or str(loss).strip(), loss_params=loss_fn.params)
     out = Path(out)
     info = D.init_from_env()
     dev = _resolve_device(device, info)
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
     if use_amp and dev.type != "cuda":
         raise ConfigError(f"--amp needs a CUDA device, but training runs on {dev}; drop --amp")
-    tf, tf_name, tf_key = _resolve_transform(transform, split)
-    side = _input_side(tf, split, image_size)
-    cfg.update(transform=tf_name, transform_key=tf_key, image_size=side, world_size=info.world_size)
     if cfg["batch_size"] % info.world_size:
         raise ConfigError(
             f"--batch-size {batch_size} is not divisible by the {info.world_size} processes; "
             f"use a multiple of {info.world_size} (it is the global batch)"
         )
+    val = None
+    if cfg["val_every"]:
+        from .validate import prepare_val
+
+        val = prepare_val(val_split, ways=val_ways, shots=val_shots, queries=val_queries, n_episodes=val_episodes)
+    cfg["val_spec"] = val.describe() if val is not None else None
 
     fork_devices = (
         [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     )
     with torch.random.fork_rng(devices=fork_devices), _deterministic(dev.type == "cpu"):
         torch.manual_seed(seed)
-        if backbone is None:
-            backbone = _build_backbone(arch, side, arch_kwargs)
-        net = _TrainNet(
+        tf, side, backbone = _input_and_backbone(split, arch, arch_kwargs, backbone, transform, image_size,
+                                                 pretrained)
+        pre_info = None
+        if pretrained is not None:
+            from .pretrained import load_pretrained
+
+            pre_info = load_pretrained(backbone, pretrained)
+        cfg.update(
+            transform=str(getattr(tf, "name", type(tf).__name__)),
+            transform_key=str(getattr(tf, "key", getattr(tf, "name", type(tf).__name__))),
+            image_size=side,
+            world_size=info.world_size,
+            pretrained=pre_info,
+            pretrained_sha256=pre_info["sha256"] if pre_info else None,
+            protocol=input_protocol(tf, side, backbone),
+            log=str(Path(log_file) if log_file is not None else log_path(out)),
+        )
+        net = TrainNet(
             backbone,
             _out_dim(backbone, tf, split),
             cfg["n_classes"],
             embed_dim,
-            head=loss != "supcon",
-            projection=loss in _CONTRASTIVE,
+            head=loss_fn.uses_ce,
+            contrastive=loss_fn.uses_contrastive,
+            contrast_on=cfg["contrast_on"] or "encoder",
         ).to(dev)
-        return _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log)
+        return _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progress, log, val)
 
 
-# --------------------------------------------------------------------------- the network
+def _input_and_backbone(split, arch, arch_kwargs, backbone, transform, image_size, pretrained):
+    """The input transform, its side, and the backbone (built here unless given).
+
+    With ``pretrained`` weights and no explicit ``transform``, a timm model's ``pretrained_cfg``
+    decides the input size and normalisation (:mod:`fewshot_bench.train.inputs`); timm models
+    ignore ``image_size`` at build time, so they are built first. Other archs are built at the
+    transform's output side (``conv4``'s output size depends on it).
+    """
+    from .pretrained import pretrained_cfg
+
+    use_cfg = pretrained is not None and transform is None
+    if backbone is None and use_cfg and arch.strip().lower().startswith("timm:"):
+        backbone = _build_backbone(arch, None, arch_kwargs)
+    if backbone is not None:
+        tf, side = resolve_transform(transform, split, image_size, pretrained_cfg(backbone) if use_cfg else None)
+        return tf, side, backbone
+    tf, side = resolve_transform(transform, split, image_size)
+    return tf, side, _build_backbone(arch, side, arch_kwargs)
 
 
-class _TrainNet(nn.Module):
-    """Backbone plus the training-only heads; ``forward -> (logits | None, z | None)``."""
-
-    def __init__(
-        self, backbone: nn.Module, dim: int, n_classes: int, embed_dim: int, *, head: bool, projection: bool
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(dim, n_classes) if head else None
-        hidden = min(dim, 2048)
-        self.projection = (
-            nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim))
-            if projection
-            else None
-        )
-
-    def forward(self, x: torch.Tensor):
-        f = self.backbone(x)
-        if f.ndim != 2:
-            raise DataError(
-                f"the backbone returned shape {tuple(f.shape)}; fine-tuning needs (B, D) features"
-            )
-        logits = self.head(f) if self.head is not None else None
-        z = self.projection(f) if self.projection is not None else None
-        return logits, z
+def _build_loss(loss: Any, loss_params: dict | None, **shortcuts: Any) -> TrainingLoss:
+    """``create_loss(loss, **params)``: ``loss_params`` plus the ``lam``/``temperature``/``beta`` shortcuts."""
+    if not isinstance(loss, str) or not loss.strip():
+        raise ConfigError(f"--loss must be a loss name or path/to/file.py:ClassName, got {loss!r}")
+    params = dict(loss_params or {})
+    for k, v in shortcuts.items():
+        if v is None:
+            continue
+        if k in params and params[k] != v:
+            raise ConfigError(f"--{k} {v} conflicts with loss_params {k}={params[k]!r}; give it once")
+        params[k] = v
+    return create_loss(loss.strip(), **params)
 
 
-def _build_backbone(arch: str, side: int, arch_kwargs: dict | None) -> nn.Module:
+def _build_backbone(arch: str, side: int | None, arch_kwargs: dict | None) -> nn.Module:
     from ..backbones import create_backbone
 
     return create_backbone(arch, image_size=side, **(arch_kwargs or {}))
@@ -283,10 +424,10 @@ def _out_dim(backbone: nn.Module, tf: Callable, split: Any) -> int:
 # --------------------------------------------------------------------------- training loop
 
 
-def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) -> Path:
+def _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progress, log, val) -> Path:
     from tqdm import tqdm
 
-    loss_name, seed = cfg["loss"], cfg["seed"]
+    seed = cfg["seed"]
     n = len(split.labels)
     steps_per_epoch = n // cfg["batch_size"]
     total_steps = steps_per_epoch * cfg["epochs"]
@@ -295,9 +436,10 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(seed)
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, records, val_results, best = 0, 0, [], [], [], None
 
     spath = state_path(out)
+    lpath = Path(cfg["log"])
     if resume and spath.exists():
         state = _load_state(spath, cfg)
         net.backbone.load_state_dict(state["model"])
@@ -309,11 +451,9 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         gen.set_state(state["generator"])
-        start_epoch, step, history = (
-            int(state["epoch"]),
-            int(state["scheduler"]["step"]),
-            list(state["history"]),
-        )
+        start_epoch, step = int(state["epoch"]), int(state["scheduler"]["step"])
+        history, records, val_results = list(state["history"]), list(state["records"]), list(state["val"])
+        best = state.get("best")
 
     model: nn.Module = net
     if info.distributed:
@@ -323,8 +463,9 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
 
     images_u8 = split.images
     pad = max(1, min(8, int(images_u8.shape[1]) // 8))
-    views = 2 if loss_name in _CONTRASTIVE else 1
+    views = 2 if loss_fn.uses_contrastive else 1
     augment_fn = _augment_fn(cfg["flip"]) if cfg["augment"] else None
+    params = [p for p in net.parameters() if p.requires_grad]
     main = info.rank == 0
     net.train()
 
@@ -332,7 +473,7 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
         torch.manual_seed(_derive(seed, 1, epoch, info.rank))
         t0 = time.perf_counter()
         batches = D.shard_batches(n, cfg["batch_size"], gen, info.rank, info.world_size)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, ce, contrastive
+        sums = torch.zeros(4, dtype=torch.float64)  # total, ce, contrastive, grad norm
         bar = tqdm(
             batches,
             desc=f"epoch {epoch + 1}/{cfg['epochs']}",
@@ -341,6 +482,7 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
             disable=not (progress and main),
             dynamic_ncols=True,
         )
+        lr_now = cfg["lr"]
         for s, idx in enumerate(bar):
             x = _batch_images(split, idx.numpy()).to(dev, non_blocking=True)
             y = torch.from_numpy(np.asarray(split.labels[idx.numpy()], dtype=np.int64)).to(dev)
@@ -351,26 +493,19 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
                 xs = [x] * views
             inp = tf(torch.cat(xs))
             yv = y.repeat(views)
-            lr_now = cfg["lr"] * _lr_factor(step, total_steps, warmup_steps)
+            lr_now = cfg["lr"] * lr_factor(step, total_steps, warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr_now
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
                 logits, z = model(inp)
-            ce = cross_entropy(logits.float(), yv) if logits is not None else None
-            con = None
+            logits = logits.float() if logits is not None else None
+            z_labels = None
             if z is not None:
-                z_all = D.gather_with_grad(z.float())
-                y_all = D.all_gather_nograd(yv)
-                if loss_name == "supcon":
-                    con = supcon_loss(z_all, y_all, cfg["temperature"])
-                else:
-                    con = lacln_loss(z_all, y_all, cfg["temperature"], hard_negatives=loss_name == "clce")
-            if loss_name == "ce":
-                total = ce
-            elif loss_name == "supcon":
-                total = con
-            else:
-                total = (1.0 - cfg["lam"]) * ce + cfg["lam"] * con
+                z = z.float()
+                if info.distributed:
+                    z, z_labels = D.gather_with_grad(z), D.all_gather_nograd(yv)
+            terms = loss_fn(logits, z, yv, z_labels=z_labels)
+            total = terms.total
             if not torch.isfinite(total):
                 raise ConfigError(
                     f"training diverged at epoch {epoch + 1}, step {s + 1} (loss {total.item()}); "
@@ -378,18 +513,21 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
                 )
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            scaler.unscale_(opt)
+            grad_norm = _grad_norm(params)
             scaler.step(opt)
             scaler.update()
             step += 1
             sums += torch.tensor(
                 [
                     total.item(),
-                    ce.item() if ce is not None else math.nan,
-                    con.item() if con is not None else math.nan,
+                    terms.ce.item() if terms.ce is not None else math.nan,
+                    terms.contrastive.item() if terms.contrastive is not None else math.nan,
+                    grad_norm,
                 ],
                 dtype=torch.float64,
             )
-            bar.set_postfix(loss=f"{sums[0].item() / (s + 1):.4f}")
+            bar.set_postfix(loss=f"{sums[0].item() / (s + 1):.4f}", lr=f"{lr_now:.2e}")
         bar.close()
         means = (sums / len(batches)).tolist()
         if info.distributed:  # average the per-rank means (CE is local, the contrastive term global)
@@ -398,77 +536,107 @@ def _train(net, split, tf, cfg, info, dev, use_amp, out, resume, progress, log) 
             means = (t / info.world_size).cpu().tolist()
         seconds = time.perf_counter() - t0
         history.append(float(means[0]))
+        record = {
+            "epoch": epoch + 1,
+            "loss": means[0],
+            "ce": None if math.isnan(means[1]) else means[1],
+            "contrastive": None if math.isnan(means[2]) else means[2],
+            "lr": lr_now,
+            "grad_norm": means[3],
+            "images_per_s": len(batches) * cfg["batch_size"] / max(seconds, 1e-9),
+            "seconds": seconds,
+        }
+        if main and val is not None and ((epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]):
+            from .validate import val_accuracy
+
+            t1 = time.perf_counter()
+            acc, ci95 = val_accuracy(net.backbone, tf, val, dev, autocast_dtype=amp_dtype if use_amp else None)
+            record.update(val_accuracy=acc, val_ci95=ci95, val_seconds=time.perf_counter() - t1)
+            val_results.append({"epoch": epoch + 1, "accuracy": acc, "ci95": ci95})
+            if cfg["keep"] == "best" and (best is None or acc > best["accuracy"]):
+                best = {
+                    "epoch": epoch + 1,
+                    "accuracy": acc,
+                    "ci95": ci95,
+                    "model": {k: v.detach().to("cpu", copy=True) for k, v in net.backbone.state_dict().items()},
+                }
+        records.append(record)
         if main:
-            _save_state(
-                spath, net, opt, scaler, gen, cfg, epoch + 1, step, total_steps, warmup_steps, history
-            )
+            _save_state(spath, net, opt, scaler, gen, cfg, epoch + 1, step, total_steps, warmup_steps,
+                        history, records, val_results, best)
+            write_log(lpath, records)
             if log is not None:
-                log(
-                    {
-                        "epoch": epoch + 1,
-                        "epochs": cfg["epochs"],
-                        "loss": means[0],
-                        "ce": None if math.isnan(means[1]) else means[1],
-                        "contrastive": None if math.isnan(means[2]) else means[2],
-                        "lr": lr_now,
-                        "seconds": seconds,
-                        "images_per_s": len(batches) * cfg["batch_size"] / max(seconds, 1e-9),
-                        "state": spath,
-                    }
-                )
+                log({**record, "epochs": cfg["epochs"], "state": spath})
 
     if main:
-        meta = {
-            k: cfg[k]
-            for k in (
-                "arch",
-                "loss",
-                "temperature",
-                "lam",
-                "batch_size",
-                "epochs",
-                "lr",
-                "optimizer",
-                "weight_decay",
-                "momentum",
-                "warmup_epochs",
-                "seed",
-                "embed_dim",
-                "augment",
-                "flip",
-                "dataset",
-                "split",
-                "data_fingerprint",
-                "n_classes",
-                "image_size",
-                "transform",
-                "transform_key",
-                "world_size",
-            )
-        }
-        if loss_name not in ("clce", "clce-nohnm"):
-            meta["lam"] = None
-        if loss_name == "ce":
-            meta["temperature"] = None
-        meta.update(
-            fewshot_bench_version=__version__,
-            final_train_loss=history[-1] if history else None,
-            train_loss_history=history,
-            hard_negatives=loss_name == "clce",
-            kind="finetune",
-        )
-        _save_final(out, net.backbone, meta)
+        if cfg["keep"] == "best":
+            if best is None:  # cannot happen: the last epoch is always validated
+                raise ConfigError("--keep best found no validated epoch; use --val-every")
+            net.backbone.load_state_dict(best["model"])
+            selected = int(best["epoch"])
+        else:
+            selected = cfg["epochs"]
+        _save_final(out, net.backbone, _metadata(cfg, loss_fn, history, val_results, selected))
     if info.distributed:
         torch.distributed.barrier()
     return out
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine from 1 to 0 over the rest."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+def _metadata(cfg: dict, loss_fn: TrainingLoss, history: list, val_results: list, selected: int) -> dict:
+    meta = {
+        k: cfg[k]
+        for k in (
+            "arch",
+            "loss_params",
+            "contrast_on",
+            "batch_size",
+            "epochs",
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "momentum",
+            "warmup_epochs",
+            "seed",
+            "embed_dim",
+            "augment",
+            "flip",
+            "dataset",
+            "split",
+            "data_fingerprint",
+            "n_classes",
+            "image_size",
+            "transform",
+            "transform_key",
+            "world_size",
+            "protocol",
+            "pretrained",
+            "val_spec",
+            "keep",
+            "log",
+        )
+    }
+    params = loss_fn.params
+    fixed = getattr(loss_fn, "term_fixed", None) or {}
+    meta.update(
+        loss=cfg["loss_name"],
+        loss_spec=cfg["loss"],
+        lam=params.get("lam"),
+        temperature=params.get("temperature"),
+        hard_negatives=params.get("hard_negatives", fixed.get("hard_negatives")),
+        fewshot_bench_version=__version__,
+        final_train_loss=history[-1] if history else None,
+        train_loss_history=list(history),
+        val=list(val_results) if cfg["val_every"] else None,
+        selected_epoch=selected,
+        kind="finetune",
+    )
+    return meta
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """Total L2 norm of all gradients (the norm of the concatenated gradient vector)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms)).item()) if norms else 0.0
 
 
 def _make_optimizer(net: nn.Module, cfg: dict) -> torch.optim.Optimizer:
@@ -516,19 +684,20 @@ def _deterministic(enabled: bool):
 # --------------------------------------------------------------------------- files
 
 
-def _save_state(path, net, opt, scaler, gen, cfg, epoch, step, total_steps, warmup_steps, history) -> None:
+def _save_state(path, net, opt, scaler, gen, cfg, epoch, step, total_steps, warmup_steps, history, records,
+                val_results, best) -> None:
     state = {
         "format": STATE_FORMAT,
         "format_version": _STATE_VERSION,
         "fewshot_bench_version": __version__,
-        "config": dict(cfg),
+        "config": _plain(cfg),
         "epoch": epoch,
         "model": net.backbone.state_dict(),
         "head": net.head.state_dict() if net.head is not None else None,
         "projection": net.projection.state_dict() if net.projection is not None else None,
         "optimizer": opt.state_dict(),
         "scheduler": {
-            "kind": "cosine",
+            "kind": "warmup-cosine",
             "step": step,
             "total_steps": total_steps,
             "warmup_steps": warmup_steps,
@@ -536,9 +705,21 @@ def _save_state(path, net, opt, scaler, gen, cfg, epoch, step, total_steps, warm
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "generator": gen.get_state(),
         "history": list(history),
+        "records": [dict(r) for r in records],
+        "val": [dict(v) for v in val_results],
+        "best": best,
     }
     with atomic_write(path, "wb") as f:
         torch.save(state, f)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with tuples as lists, so a config compares equal after a save/load round trip."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _load_state(path: Path, cfg: dict) -> dict:
@@ -555,40 +736,28 @@ def _load_state(path: Path, cfg: dict) -> dict:
             f"{path}: resume state version {state.get('format_version')} is not "
             f"{_STATE_VERSION}; run without --resume"
         )
-    old = state.get("config", {})
-    diff = [k for k in _RESUME_KEYS if old.get(k) != cfg.get(k)]
+    old, new = state.get("config", {}), _plain(cfg)
+    diff = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
         more = f" (and {len(diff) - 1} more setting(s))" if len(diff) > 1 else ""
         raise ConfigError(
-            f"{path}: written with {k}={old.get(k)!r}, now {k}={cfg.get(k)!r}{more}; "
+            f"{path}: written with {k}={old.get(k)!r}, now {k}={new.get(k)!r}{more}; "
             f"pass the same settings to resume, or run without --resume to start over"
         )
     return state
 
 
 def _save_final(out: Path, backbone: nn.Module, meta: dict) -> None:
-    try:
-        from ..backbones import save_checkpoint
-    except ImportError:  # backbones not importable yet: the same file layout
-        with atomic_write(out, "wb") as f:
-            torch.save({"state_dict": backbone.state_dict(), "fewshot_bench": meta}, f)
-        return
+    from ..backbones import save_checkpoint
+
     save_checkpoint(out, backbone, meta)
 
 
 # --------------------------------------------------------------------------- validation
 
 
-def _validate(split: Any, arch: Any, **kw: Any) -> dict:
-    loss = kw["loss"]
-    if not isinstance(loss, str) or loss.lower() not in LOSSES:
-        hint = close_matches(str(loss), list(LOSSES))
-        raise UnknownNameError(
-            f"unknown loss {loss!r} (--loss); "
-            + (f"did you mean: {', '.join(hint)}?" if hint else f"choose from: {', '.join(LOSSES)}")
-        )
-    loss = loss.lower()
+def _validate(split: Any, arch: Any, *, loss_fn: TrainingLoss, **kw: Any) -> dict:
     opt = kw["optimizer"]
     if not isinstance(opt, str) or opt.lower() not in OPTIMIZERS:
         hint = close_matches(str(opt), list(OPTIMIZERS))
@@ -596,13 +765,16 @@ def _validate(split: Any, arch: Any, **kw: Any) -> dict:
             f"unknown optimizer {opt!r} (--optimizer); "
             + (f"did you mean: {', '.join(hint)}?" if hint else f"choose from: {', '.join(OPTIMIZERS)}")
         )
+    contrast_on = kw["contrast_on"]
+    if contrast_on not in CONTRAST_ON:
+        raise ConfigError(f"--contrast-on {contrast_on!r}: choose {' or '.join(CONTRAST_ON)}")
     _int_at_least("--epochs", kw["epochs"], 1)
-    min_batch = 2 if loss in _CONTRASTIVE else 1
+    min_batch = 2 if loss_fn.uses_contrastive else 1
     _int_at_least(
         "--batch-size",
         kw["batch_size"],
         min_batch,
-        why=f" (loss {loss} needs {min_batch} images per batch)" if min_batch > 1 else "",
+        why=f" (loss {loss_fn.name} needs {min_batch} images per batch)" if min_batch > 1 else "",
     )
     _int_at_least("--warmup-epochs", kw["warmup_epochs"], 0)
     if kw["warmup_epochs"] >= kw["epochs"] and kw["warmup_epochs"] > 0:
@@ -611,15 +783,19 @@ def _validate(split: Any, arch: Any, **kw: Any) -> dict:
         )
     _int_at_least("--seed", kw["seed"], 0)
     _int_at_least("--embed-dim", kw["embed_dim"], 1)
+    _int_at_least("--val-every", kw["val_every"], 0)
     _positive("--lr", kw["lr"])
-    _positive("--temperature", kw["temperature"])
     for flag, key in (("--weight-decay", "weight_decay"), ("--momentum", "momentum")):
         v = kw[key]
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"{flag} {v!r} must be a number >= 0")
-    lam = kw["lam"]
-    if not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
-        raise ConfigError(f"--lam {lam!r} is outside [0, 1]; CLCE mixes (1 - lam) * CE + lam * LACLN")
+    keep = kw["keep"]
+    if keep not in KEEP:
+        raise ConfigError(f"--keep {keep!r}: choose {' or '.join(KEEP)}")
+    if kw["val_every"] and kw["val_split"] is None:
+        raise ConfigError(f"--val-every {kw['val_every']} needs a val split to validate on; pass val_split")
+    if keep == "best" and not kw["val_every"]:
+        raise ConfigError("--keep best needs validation: add --val-every N")
     if not isinstance(arch, str) or not arch.strip():
         raise ConfigError(f"--arch must be a non-empty name, got {arch!r}")
     out = Path(kw["out"])
@@ -647,9 +823,10 @@ def _validate(split: Any, arch: Any, **kw: Any) -> dict:
             f"split {split.dataset}/{split.split} has {n} images, fewer than "
             f"--batch-size {kw['batch_size']}; lower --batch-size"
         )
+    contrastive = loss_fn.uses_contrastive
     return {
         "arch": arch.strip(),
-        "loss": loss,
+        "contrast_on": contrast_on if contrastive else None,
         "optimizer": opt.lower(),
         "epochs": int(kw["epochs"]),
         "batch_size": int(kw["batch_size"]),
@@ -657,16 +834,16 @@ def _validate(split: Any, arch: Any, **kw: Any) -> dict:
         "weight_decay": float(kw["weight_decay"]),
         "momentum": float(kw["momentum"]),
         "warmup_epochs": int(kw["warmup_epochs"]),
-        "temperature": float(kw["temperature"]),
-        "lam": float(lam),
         "seed": int(kw["seed"]),
-        "embed_dim": int(kw["embed_dim"]),
+        "embed_dim": int(kw["embed_dim"]) if contrastive and contrast_on == "projection" else None,
         "augment": bool(kw["augment"]),
         "flip": bool(kw["flip"]),
         "dataset": str(split.dataset),
         "split": str(split.split),
         "data_fingerprint": str(split.fingerprint),
         "n_classes": int(n_classes),
+        "val_every": int(kw["val_every"]),
+        "keep": keep,
     }
 
 
@@ -694,39 +871,3 @@ def _resolve_device(device: Any, info: D.DistInfo) -> torch.device:
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
     return dev
-
-
-def _resolve_transform(transform: Any, split: Any) -> tuple[Callable, str, str]:
-    if transform is None:
-        transform = "unit"
-        try:
-            from ..data import DATASETS
-
-            transform = DATASETS.get(split.dataset).eval_transform
-        except (ImportError, FewshotBenchError, AttributeError):
-            pass
-    if isinstance(transform, str) or type(transform).__name__ == "EvalTransform":
-        from ..transforms import get_transform
-
-        t = get_transform(transform)
-        return t, t.name, t.key
-    if not callable(transform):
-        raise ConfigError(
-            f"transform must be a name, an EvalTransform or a callable, got {type(transform).__name__}"
-        )
-    name = str(getattr(transform, "name", type(transform).__name__))
-    return transform, name, str(getattr(transform, "key", name))
-
-
-def _input_side(tf: Callable, split: Any, image_size: int | None) -> int:
-    x = tf(_batch_images(split, np.arange(1)))
-    if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
-        raise DataError(f"the transform gave shape {tuple(x.shape)}; it must give (B, 3, S, S)")
-    side = int(x.shape[-1])
-    if image_size is not None and int(image_size) != side:
-        raise ConfigError(
-            f"--image-size {image_size} but the transform makes {side} px inputs from this split's "
-            f"{split.images.shape[1]}x{split.images.shape[2]} images; pick a transform that outputs "
-            f"{image_size} px or load the split at that size"
-        )
-    return side
