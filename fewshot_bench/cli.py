@@ -130,6 +130,48 @@ def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = False) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass")
 
 
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    """The fine-tuning hyper-parameters shared by ``finetune``, ``reproduce`` and ``sweep``."""
+    p.add_argument("--lam", type=float, default=None,
+                   help="λ of the CE/contrastive mixes: (1-λ)·CE + λ·contrastive (default: the loss's, 0.9)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="τ of the contrastive term (default: the loss's, e.g. 0.5 for CLCE, 0.1 for SupCon)")
+    p.add_argument("--beta", type=float, default=None, help="concentration β of the H-SCL losses (default: 1.0)")
+    p.add_argument("--contrast-on", default="encoder", choices=["encoder", "projection"],
+                   help="where the contrastive term acts: the backbone's embedding (the CLCE paper) or a "
+                        "projection head (SupCon); recorded in the checkpoint")
+    p.add_argument("--epochs", type=_positive_int, required=True)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--warmup-epochs", type=_nonneg_int, default=0, help="linear warm-up before the cosine decay")
+    p.add_argument("--embed-dim", type=_positive_int, default=128,
+                   help="output size of the projection head (--contrast-on projection)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the images as stored (default: random crop with padding + flip)")
+    p.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="augment without horizontal flips (for data whose mirror image is another class)")
+    p.add_argument("--transform", default=None, metavar="NAME", help="input transform preset used in training")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="start from these weights (.safetensors or a .pt state dict), loaded strictly; a timm "
+                        "model's pretrained_cfg sets the input size and normalisation unless --transform/--image-size")
+    p.add_argument("--device", default=None)
+    p._option_string_actions["--image-size"].help = (
+        "train at PX x PX: the input transform resizes to it (no crop) and the checkpoint records it; "
+        "image folders are also decoded at this size (default: the transform's / data's native size)")
+
+
+def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``finetune`` keyword arguments from :func:`_add_training_flags` (loss parameters left unset stay unset)."""
+    return {"lam": args.lam, "temperature": args.temperature, "beta": args.beta, "contrast_on": args.contrast_on,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+            "weight_decay": args.weight_decay, "momentum": args.momentum, "warmup_epochs": args.warmup_epochs,
+            "embed_dim": args.embed_dim, "augment": args.augment, "flip": args.flip, "transform": args.transform,
+            "image_size": args.image_size, "pretrained": args.pretrained}
+
+
 def _add_episode_flags(p: argparse.ArgumentParser, *, episodes_dir: bool = True) -> None:
     p.add_argument("--ways", type=_positive_int, default=5, metavar="N", help="classes per episode")
     p.add_argument("--shots", type=_positive_int, nargs="+", default=[1, 5], metavar="K",
@@ -350,11 +392,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                               f"drop --val-every or provide the val split") from None
     paths = finetune_seeds(
         split, args.arch, seeds=seeds, out=Path(args.out), log_file=args.log, loss=args.loss,
-        lam=args.lam, temperature=args.temperature, beta=args.beta, contrast_on=args.contrast_on,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, momentum=args.momentum, warmup_epochs=args.warmup_epochs,
-        embed_dim=args.embed_dim, augment=args.augment, flip=args.flip, device=args.device,
-        resume=args.resume, transform=args.transform, image_size=args.image_size, pretrained=args.pretrained,
+        **_training_kwargs(args), device=args.device, resume=args.resume,
         val_split=val_split, val_every=args.val_every, val_episodes=args.val_episodes, val_ways=args.val_ways,
         val_shots=args.val_shots, val_queries=args.val_queries, keep=args.keep, progress=_progress())
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
@@ -366,10 +404,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace, *, sweep: str | None = None):
     from .studies import Study
 
-    ft = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-          "weight_decay": args.weight_decay, "warmup_epochs": args.warmup_epochs, "temperature": args.temperature,
-          "lam": args.lam, "beta": args.beta, "contrast_on": args.contrast_on, "transform": args.transform,
-          "image_size": args.train_image_size, "augment": args.augment, "flip": args.flip}
+    ft = _training_kwargs(args)
     return Study(arch=args.arch, datasets=args.dataset, losses=args.losses, seeds=args.seeds,
                  finetune={k: v for k, v in ft.items() if v is not None}, sweep=sweep,
                  values=getattr(args, "values", None) or (), shots=tuple(args.shots), ways=args.ways,
@@ -422,6 +457,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
     df["kind"] = ["transductive" if t else "inductive" for t in df["transductive"]]
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
         print(df[["name", "kind", "description", "paper"]].to_string(index=False))
+    return 0
+
+
+def cmd_losses(args: argparse.Namespace) -> int:
+    import inspect
+
+    from .train.losses import describe_losses
+
+    rows = [{"name": r.name, "description": r.description, "paper": r.paper,
+             "params": {k: (None if v is inspect.Parameter.empty else v) for k, v in r.params.items()}}
+            for r in describe_losses()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "none"
+        print(f"{r['name']:<12} {r['description']}\n{'':<12} params: {params}; {r['paper']}")
     return 0
 
 
@@ -610,38 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, metavar="ARCH",
                    help="conv4, resnet12, or any timm model as timm:NAME (e.g. timm:resnet101)")
     _add_data_flags(p, many=False)
-    p._option_string_actions["--image-size"].help = (
-        "train at PX x PX: the input transform resizes to it (no crop) and the checkpoint records it; "
-        "image folders are also decoded at this size (default: the transform's / data's native size)")
     p.add_argument("--loss", default="ce", metavar="LOSS",
                    help="training loss: {losses}; or path/to/file.py:ClassName (a TrainingLoss subclass)")
-    p.add_argument("--lam", type=float, default=None,
-                   help="λ of the CE/contrastive mixes: (1-λ)·CE + λ·contrastive (default: the loss's, 0.9)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="τ of the contrastive term (default: the loss's, e.g. 0.5 for CLCE, 0.1 for SupCon)")
-    p.add_argument("--beta", type=float, default=None, help="concentration β of the H-SCL losses (default: 1.0)")
-    p.add_argument("--contrast-on", default="encoder", choices=["encoder", "projection"],
-                   help="where the contrastive term acts: the backbone's embedding (the CLCE paper) or a "
-                        "projection head (SupCon); recorded in the checkpoint")
-    p.add_argument("--epochs", type=_positive_int, required=True)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--warmup-epochs", type=_nonneg_int, default=0, help="linear warm-up before the cosine decay")
-    p.add_argument("--embed-dim", type=_positive_int, default=128,
-                   help="output size of the projection head (--contrast-on projection)")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="train on the images as stored (default: random crop with padding + flip)")
-    p.add_argument("--no-flip", dest="flip", action="store_false",
-                   help="augment without horizontal flips (for data whose mirror image is another class)")
+    _add_training_flags(p)
     p.add_argument("--seeds", type=_nonneg_int, nargs="+", default=None, metavar="S",
                    help="one fine-tuning run per seed; OUT NAME.pt becomes NAME-seedS.pt when several (default: 0)")
     p.add_argument("--seed", type=_nonneg_int, default=None, metavar="S", help="a single seed (same as --seeds S)")
-    p.add_argument("--pretrained", default=None, metavar="PATH",
-                   help="start from these weights (.safetensors or a .pt state dict), loaded strictly; a timm "
-                        "model's pretrained_cfg sets the input size and normalisation unless --transform/--image-size")
     p.add_argument("--val-every", type=_nonneg_int, default=0, metavar="N",
                    help="every N epochs (and after the last), ProtoNet accuracy on fixed episodes of the val split; "
                         "0 = never")
@@ -654,8 +680,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, metavar="FILE",
                    help="per-epoch JSONL log: loss, CE and contrastive parts, lr, grad norm, images/s, val accuracy "
                         "(default: OUT's name with .log.jsonl)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--transform", default=None, metavar="NAME", help="input transform preset used in training")
     p.add_argument("--resume", action="store_true", help="continue from OUT's last epoch state")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write, e.g. checkpoints/ce.pt")
 
@@ -666,27 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one row per loss; the first is the baseline of the paired tests")
         p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[0, 1, 2], metavar="S",
                        help="fine-tuning seeds (one initialisation each; rows show the median over them)")
-        p.add_argument("--epochs", type=_positive_int, required=True)
-        p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default: finetune's)")
-        p.add_argument("--lr", type=float, default=None)
-        p.add_argument("--optimizer", default=None, choices=["adamw", "sgd"])
-        p.add_argument("--weight-decay", type=float, default=None)
-        p.add_argument("--warmup-epochs", type=_nonneg_int, default=None)
-        p.add_argument("--temperature", type=float, default=None, help="τ of the contrastive terms (default: each loss's)")
-        p.add_argument("--lam", type=float, default=None, help="λ of the CE + contrastive mixes (default: 0.9)")
-        p.add_argument("--beta", type=float, default=None, help="β of H-SCL (default: the loss's)")
-        p.add_argument("--contrast-on", default=None, choices=["encoder", "projection"],
-                       help="where the contrastive term acts (default: encoder, as in the CLCE paper)")
-        p.add_argument("--transform", default=None, metavar="NAME", help="input transform for training")
-        p.add_argument("--train-image-size", type=_positive_int, default=None, metavar="PX",
-                       help="network input side during fine-tuning (stored in the checkpoint's protocol)")
-        p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
-        p.add_argument("--no-flip", dest="flip", action="store_false", default=None)
+        _add_training_flags(p)
         _add_episode_flags(p)
         p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD")
         p.add_argument("--aggregate", default="median", choices=["median", "mean"],
                        help="over seeds: median (the paper's rule) or mean of the per-seed means")
-        p.add_argument("--device", default=None)
         p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("reproduce", cmd_reproduce, "the CLCE paper's Table 1: losses × seeds × datasets, fine-tuned and evaluated",
@@ -718,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("methods", cmd_methods, "list the few-shot methods (built-in and plug-ins)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = add("losses", cmd_losses, "list the fine-tuning losses (built-in and plug-ins) with their defaults")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = add("archs", cmd_archs, "list the architectures and the papers' evaluation presets")

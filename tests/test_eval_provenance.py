@@ -139,3 +139,39 @@ def test_several_checkpoints_give_one_run_folder_each(world, tmp_path, capsys):
     sums = [_summary(tmp_path / "runs" / f"rfs-seed{seed}") for seed in (0, 1)]
     assert [s["checkpoint"]["path"] for s in sums] == [str(p) for p in paths]
     assert sums[0]["results"][0]["mean"] != sums[1]["results"][0]["mean"]
+
+
+def test_the_training_size_travels_to_eval(tmp_path, capsys):
+    """finetune --image-size 16 on 32-px CIFAR-FS: the checkpoint says 16 px and eval extracts at 16 px."""
+    data = tmp_path / "data"
+    synth.write_cifar_pickle(data, "cifar-fs", splits=("train", "test"))
+    common = ["--dataset", "cifar-fs", "--data-root", str(data), "--cache-dir", str(tmp_path / "cache")]
+    ckpt = tmp_path / "c16.pt"
+    assert main(["finetune", "--arch", "conv4", *common, "--image-size", "16", "--epochs", "1",
+                 "--batch-size", "32", "--out", str(ckpt)]) == 0, capsys.readouterr().err
+    proto = torch.load(ckpt, weights_only=True)["fewshot_bench"]["protocol"]
+    assert (proto["image_size"], proto["resize"], proto["pool"]) == (16, 16, "none")
+    evaluate = ["eval", "--checkpoint", str(ckpt), *common, "--episodes-dir", str(tmp_path / "eps"), *EPISODES]
+    assert main([*evaluate, "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    p = _summary(tmp_path / "run")["protocols"]["cifar-fs"]
+    assert (p["image_size"], p["feature_dim"], p["source"]) == (16, 64, "checkpoint")  # 64 ch x 1 x 1 at 16 px
+    assert main([*evaluate, "--transform", "metaoptnet-cifar", "--out", str(tmp_path / "other")]) == 1
+    assert "contradicts the checkpoint" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    assert main([*evaluate, "--transform", "metaoptnet-cifar", "--force-protocol",
+                 "--out", str(tmp_path / "forced")]) == 0
+    p = _summary(tmp_path / "forced")["protocols"]["cifar-fs"]
+    assert (p["image_size"], p["feature_dim"], p["forced"]) == (32, 256, True)
+
+
+def test_a_narrow_conv4_is_refused_with_the_width_that_fits_then_loads(world, tmp_path, capsys):
+    ckpt = tmp_path / "protonet32.pt"
+    torch.manual_seed(2)
+    torch.save({f"encoder.{k}": v for k, v in create_backbone("conv4", image_size=32, hidden=32).state_dict().items()},
+               ckpt)
+    argv = ["eval", "--checkpoint", str(ckpt), "--arch", "conv4", *world["common"]]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--arch-kw hidden=32" in err[0]
+    assert main([*argv, "--arch-kw", "hidden=32", "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    s = _summary(tmp_path / "run")
+    assert s["checkpoint"]["arch_kwargs"] == {"hidden": 32} and s["protocols"]["cifar-fs"]["feature_dim"] == 32 * 2 * 2
