@@ -18,8 +18,8 @@ negatives, i.e. every row but the anchor, as ours; anchor *i*'s loss is
 NaN with ``reduction="none"``) for anchors without. The batch loss is the mean over anchors whose
 loss is > 0 -- the anchors with a positive, as ours, unless an anchor's loss rounds to 0 (one
 positive outweighs every other row by > ~37 nats in float64, ~17 in float32; needs 2 / tau above
-that). pml returns 0 for a batch without any
-positive pair or without any negative pair (ours: 0 / the mean of the anchors with a positive).
+that). pml returns 0 for a batch without any positive pair (ours: 0 too) or without any negative
+pair, e.g. one class (ours: the mean over the anchors, > 0).
 Checked: the per-anchor values on anchors with a positive, pml's zeros elsewhere, the batch loss
 and the gradient w.r.t. ``z`` (``rtol=--rtol``; gradients also ``atol = rtol * max|grad|``).
 
