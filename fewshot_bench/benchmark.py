@@ -145,6 +145,14 @@ def plan_model(checkpoint: str | None, arch: str | None, datasets: Sequence[str]
         arch = check_arch(arch)  # a typo answers with close names before any agreement check
     arch = check_arch(check_arch_agrees(arch, preset=preset, meta=meta, force=force))
     kwargs = {**(dict(PRESETS.get(preset).arch_kwargs) if preset else {}), **dict(arch_kwargs or {})}
+    if "pool" in kwargs:  # one way to set the pooling, checked like --pool
+        given = kwargs.pop("pool")
+        if pool is not None and pool != given:
+            raise ConfigError(f"--pool {pool} and --arch-kw pool={given} disagree; give one")
+        pool = given
+    if checkpoint and not arch_kwargs and not preset and meta.get("arch_kwargs"):
+        kwargs = dict(meta["arch_kwargs"])  # our checkpoints say how their backbone was built
+        kwargs.pop("pool", None)
     protocols = {d: resolve_protocol(d, DATASETS.get(d).eval_transform, preset=preset, meta=meta,
                                      transform=transform, pool=pool, force=force) for d in datasets}
     return ModelPlan(checkpoint, arch, kwargs, preset, meta, protocols)

@@ -348,7 +348,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 protocol = plan.protocols[dataset]
                 feats = get_features(checkpoint, plan.arch, split, protocol.transform, cache_dir=args.cache_dir,
                                      device=args.device, batch_size=args.batch_size, progress=progress,
-                                     arch_kwargs=plan.features_kwargs(dataset), allow_partial=args.allow_partial)
+                                     arch_kwargs=plan.features_kwargs(dataset), allow_partial=args.allow_partial,
+                                     seed=args.seed)
                 if main:
                     if report is not None:
                         print(f"{dataset}/{split_name}: load {report.summary()}")
@@ -573,7 +574,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     feats = get_features(checkpoint, plan.arch, split, plan.protocols[args.dataset].transform,
                          cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size,
                          progress=_progress(), arch_kwargs=plan.features_kwargs(args.dataset),
-                         allow_partial=args.allow_partial)
+                         allow_partial=args.allow_partial, seed=args.seed)
     result = diagnose(feats, np.asarray(split.labels), out_dir=args.out, seed=args.seed)
     print(format_diagnosis(result))
     return 0
@@ -648,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_data_flags(p)
     p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"])
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="initialisation seed of --checkpoint none (as eval's --seed, so extract fills what eval reads)")
 
     p = add("finetune", cmd_finetune, "fine-tune a backbone on a benchmark's train split",
             "Train ARCH on the train split with any registered loss (CE, SupCon, CLCE, ...) and write a "
@@ -774,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_data_flags(p, many=False)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the pair subsample")
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of the pair subsample and, with --checkpoint none, of the initialisation (as in eval)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures")
 
     p = add("convert", cmd_convert, "re-save a checkpoint the safe loader refuses as a plain state dict "

@@ -180,7 +180,8 @@ def _checkpoint_sha256(checkpoint: str | os.PathLike) -> str:
 
 
 def _key_fields(
-    checkpoint: Any, arch: str, split: Any, transform: EvalTransform, seed: int, arch_kwargs: Mapping | None
+    checkpoint: Any, arch: str, split: Any, transform: EvalTransform, seed: int, arch_kwargs: Mapping | None,
+    allow_partial: bool = False,
 ) -> dict:
     for attr in ("dataset", "split", "fingerprint", "images"):
         if not hasattr(split, attr):
@@ -196,6 +197,8 @@ def _key_fields(
         "split": str(split.split),
         "data_fingerprint": str(split.fingerprint),
         "transform": transform.key,
+        # a partial load (--allow-partial) gets entries of its own: a strict run never reads them
+        **({"partial_load": True} if allow_partial and checkpoint is not None else {}),
     }
 
 
@@ -299,7 +302,7 @@ def get_features(
     ``arch`` or yields non-finite features (nothing is cached then).
     """
     transform = get_transform(transform)
-    fields = _key_fields(checkpoint, arch, split, transform, seed, arch_kwargs)
+    fields = _key_fields(checkpoint, arch, split, transform, seed, arch_kwargs, allow_partial)
     key = _digest(fields)
     root = feature_cache_dir(cache_dir)
     entry = root / key

@@ -171,12 +171,19 @@ def resolve_protocol(dataset: str, default_transform: str, *, preset: str | None
     if pool is not None and pool not in POOLS:
         raise ConfigError(f"--pool {pool!r} is not one of {', '.join(POOLS)}")
     meta = meta or {}
-    stored = meta.get("protocol") if isinstance(meta.get("protocol"), Mapping) else None
+    stored = _stored_protocol(meta)
     if preset:
         p = PRESETS.get(preset)
         base_tf, base_pool, source = p.transform_for(dataset), p.pool, f"preset {p.name}"
+        if stored and not force:  # a preset must not silently replace what the checkpoint was trained with
+            tf_stored, pool_stored = stored
+            if tf_stored.key != base_tf.key or pool_stored != base_pool:
+                raise ConfigError(
+                    f"--preset {p.name} ({base_tf.name}, pool {base_pool}) contradicts the checkpoint's own protocol "
+                    f"({tf_stored.name}, pool {pool_stored}); drop --preset to evaluate as it was trained, or add "
+                    f"--force-protocol")
     elif stored:
-        base_tf, base_pool, source = transform_from_meta(stored), stored.get("pool"), "checkpoint"
+        (base_tf, base_pool), source = stored, "checkpoint"
     elif meta.get("transform") and meta.get("dataset") == dataset:  # checkpoints written before protocols
         base_tf, base_pool, source = get_transform(meta["transform"]), None, "checkpoint"
     else:
@@ -196,6 +203,25 @@ def resolve_protocol(dataset: str, default_transform: str, *, preset: str | None
                           f"{source} says, or add --force-protocol to override it (recorded in summary.json)")
     return Protocol(tf, pool if pool is not None else base_pool, source=source, forced=bool(overridden),
                     overridden=tuple(flag for flag, _ in overridden))
+
+
+def _stored_protocol(meta: Mapping[str, Any]) -> tuple[EvalTransform, str | None] | None:
+    """``(transform, pool)`` of a checkpoint's ``meta["protocol"]``; refuses one that cannot be rebuilt
+    exactly (a custom training transform, a pooling we do not know)."""
+    stored = meta.get("protocol")
+    if not isinstance(stored, Mapping):
+        return None
+    tf = transform_from_meta(stored)
+    recorded = meta.get("transform_key")
+    if recorded and recorded != tf.key:
+        raise ConfigError(f"the checkpoint was trained with transform {stored.get('transform')!r}, which its stored "
+                          f"protocol cannot rebuild exactly (a custom callable?); pass --transform with the matching "
+                          f"preset and --force-protocol")
+    pool = stored.get("pool")
+    if pool is not None and pool not in POOLS:
+        raise ConfigError(f"the checkpoint's stored pooling {pool!r} is not one of {', '.join(POOLS)}; pass --pool and "
+                          f"--force-protocol")
+    return tf, pool
 
 
 def _agrees(flag: EvalTransform, base: EvalTransform) -> bool:

@@ -87,8 +87,12 @@ _DATASET_ORDER = ("CIFAR-FS", "FC100", "miniImageNet", "tieredImageNet")
 TABLE_ALPHA = 0.05
 #: Training hyper-parameters of the checkpoint metadata that tell configurations apart in
 #: automatic row labels (after the entries of ``meta["loss_params"]``, when present).
-CONFIG_KEYS = ("temperature", "lam", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum",
-               "warmup_epochs", "embed_dim", "augment", "flip", "image_size", "transform")
+CONFIG_KEYS = ("temperature", "lam", "contrast_on", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
+               "momentum", "warmup_epochs", "embed_dim", "augment", "flip", "keep", "arch_kwargs", "pretrained",
+               "image_size", "transform")
+#: Entries of :data:`CONFIG_KEYS` that follow from the fine-tuning dataset (its native size and
+#: documented transform): they split a row only between runs fine-tuned on the same dataset.
+_DATASET_DERIVED = ("image_size", "transform")
 _MISSING = object()
 
 Key = tuple  # (dataset, split, ways, shots, queries, method)
@@ -177,6 +181,8 @@ class Run:
         for k in CONFIG_KEYS:
             if k in meta and k not in out:
                 out[k] = meta[k]
+        if isinstance(out.get("pretrained"), dict):  # the starting weights, by content
+            out["pretrained"] = str(out["pretrained"].get("sha256", ""))[:12] or None
         return out
 
     def keys(self) -> list[Key]:
@@ -289,10 +295,15 @@ def _fmt_value(v: Any) -> str:
 
 def _auto_labels(runs: Sequence[Run]) -> list[str]:
     """Automatic row labels: :attr:`Run.label` (``"arch (loss)"``), plus ``key=value`` for every
-    entry of :attr:`Run.config` that differs between runs of the same arch and loss fine-tuned on
-    the same dataset (``"resnet12 (clce, lam=0.5)"``). Entries that differ only between
-    fine-tuning datasets (image size, transform) do not split a row."""
+    entry of :attr:`Run.config` that differs between runs of the same arch and loss
+    (``"resnet12 (clce, lam=0.5)"``), plus ``[fine-tuned on X]`` for a backbone fine-tuned on a
+    dataset the run does not evaluate. Entries that follow from the fine-tuning dataset (image
+    size, transform) split a row only between runs fine-tuned on the same dataset."""
     base = [r.label for r in runs]
+    for i, r in enumerate(runs):  # a backbone fine-tuned elsewhere is another row than one fine-tuned here
+        ft = r.meta.get("dataset")
+        if ft and base[i] != r.name and ft not in {k[0] for k in r.results}:
+            base[i] = f"{base[i]} [fine-tuned on {ft}]"
     buckets: dict[str, list[int]] = {}
     for i, (r, lab) in enumerate(zip(runs, base, strict=True)):
         if lab != r.name:  # labels from metadata only
@@ -306,11 +317,11 @@ def _auto_labels(runs: Sequence[Run]) -> list[str]:
         by_dataset: dict[str, list[int]] = {}
         for i in idx:
             by_dataset.setdefault(str(runs[i].meta.get("dataset")), []).append(i)
-        differ = [
-            k for k in order
-            if any(len({repr(configs[i][k]) if k in configs[i] else "?" for i in members}) > 1
-                   for members in by_dataset.values())
-        ]
+        def varies(k: str, members: list[int], configs: dict = configs) -> bool:
+            return len({repr(configs[i][k]) if k in configs[i] else "?" for i in members}) > 1
+
+        differ = [k for k in order
+                  if (any(varies(k, m) for m in by_dataset.values()) if k in _DATASET_DERIVED else varies(k, idx))]
         if not differ:
             continue
         for i in idx:
@@ -538,6 +549,13 @@ def _check_group(group: SeedGroup) -> None:
                     "values, or pass each seed once"
                 )
             seen[r.finetune_seed] = r
+        for what, value in (("input protocols", lambda r, k=key: input_protocol_text(r.summary, k[0])),
+                            ("method parameters", lambda r, k=key: repr(r.results[k].get("method_params")))):
+            values = {value(r) for r in holders}
+            if len(values) > 1:
+                raise ConfigError(f"the seeds of row {group.label!r} were evaluated with different {what} for "
+                                  f"{_key_text(key)} ({' vs '.join(sorted(values))}); give them different --label "
+                                  "values or evaluate every seed alike")
         hashes = [(r, r.results[key].get("episodes_sha256")) for r in holders]
         missing = [r for r, h in hashes if not h]
         if len(holders) > 1 and missing:

@@ -76,6 +76,11 @@ class Study:
         """
         from .train.losses import get_loss_class
 
+        taken = {k for loss in self.losses for k in get_loss_class(loss).param_names()}
+        unused = [k for k in _LOSS_PARAMS if k in self.finetune and k not in taken]
+        if unused:
+            raise ConfigError(f"--{unused[0]} is taken by none of --losses {' '.join(self.losses)}; drop it or add a "
+                              f"loss that has it")
         rows = []
         values = [None] if self.sweep is None else [SWEEPS[self.sweep][1](v) for v in self.values]
         for loss in self.losses:

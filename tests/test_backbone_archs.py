@@ -397,7 +397,8 @@ def test_out_dim(arch, kw, side, dim):
         model = create_backbone(arch, image_size=side, **kw)
         y = model(torch.empty(2, 3, side, side))
     assert model.out_dim == dim and tuple(y.shape) == (2, dim)
-    assert model.pool == kw.get("pool", "none" if arch == "conv4" else "avg")
+    own = {"conv4": "none"}.get(arch, None if arch.startswith("timm:") else "avg")
+    assert model.pool == kw.get("pool", own)
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -425,7 +426,10 @@ def test_timm_pool_options():
     own = create_backbone("timm:resnet18")
     flat = create_backbone("timm:resnet18", pool="none", image_size=32)
     flat.load_state_dict(own.state_dict(), strict=True)  # same keys: no wrapper
-    assert own.pool == "avg" and flat.pool == "none" and (own.out_dim, flat.out_dim) == (512, 512 * 1 * 1)
+    assert own.pool is None and flat.pool == "none" and (own.out_dim, flat.out_dim) == (512, 512 * 1 * 1)
+    # timm keeps some models' pooling in the head: "own" must not be mistaken for "none"
+    convnext = create_backbone("timm:convnext_atto")
+    assert convnext.pool is None and convnext(torch.randn(1, 3, 32, 32)).shape == (1, convnext.out_dim)
     with torch.no_grad():
         torch.testing.assert_close(flat.eval()(x), own.eval().forward_features(x).flatten(1))
         torch.testing.assert_close(own(x), own.forward_features(x).mean(dim=(2, 3)), **TOL)
@@ -462,7 +466,7 @@ def test_timm_pool_options():
             r"'seresnet12' does not take se; it takes image_size, pool, channels, in_chans",
         ),
         ("wrn28_10", {"depth": 16}, r"'wrn28_10' does not take depth; it takes image_size, pool, in_chans"),
-        ("resnet18", {"stem": "big"}, r"'resnet18': stem must be one of imagenet, small, got 'big'"),
+        ("resnet18", {"stem": "big"}, r"'resnet18': stem must be one of imagenet, small, easyfsl-big, got 'big'"),
         ("resnet12", {"channels": (64, 160, 320)}, r"'resnet12' needs 4 block widths"),
     ],
 )

@@ -610,3 +610,27 @@ def test_allowed_and_refused_globals(tmp_path):
                                                   rf"\(weights_only=True\); if you trust its source, re-save its "
                                                   rf"tensors: fewshot-bench convert .* --trust-source$"):
             load_checkpoint(tmp_path / name, _meta("resnet12"))
+
+
+def test_easyfsl_big_kernel_resnet18_is_refused_into_the_paper_stem_and_loads_into_its_own(tmp_path):
+    """Same keys and shapes as the paper stem, another network: refused, then exact under stem=easyfsl-big."""
+    from easyfsl.modules import resnet18 as easyfsl_resnet18
+
+    from fewshot_bench.backbones import create_backbone, load_checkpoint
+
+    torch.manual_seed(0)
+    peer = easyfsl_resnet18(big_kernel=True, use_fc=False).eval()
+    with torch.no_grad():
+        for m in peer.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "easyfsl_big.pt"
+    torch.save({f"backbone.{k}": v for k, v in peer.state_dict().items()}, path)  # easyfsl's ProtoNet(backbone)
+    with pytest.raises(CheckpointError, match=r"big_kernel=True .*--arch-kw stem=easyfsl-big$"):
+        load_checkpoint(path, create_backbone("resnet18"))
+    ours = create_backbone("resnet18", stem="easyfsl-big").eval()
+    assert load_checkpoint(path, ours).format == "easyfsl"
+    x = torch.randn(2, 3, 84, 84)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), peer(x).flatten(1), rtol=1e-5, atol=1e-5)

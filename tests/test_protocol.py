@@ -145,3 +145,33 @@ def test_a_size_free_flag_agrees_with_the_size_it_was_pinned_to():
     assert not p.forced and p.transform.size == 16
     with pytest.raises(ConfigError, match="contradicts the checkpoint"):
         resolve_protocol("digits", "unit", meta=meta, transform="imagenet-84")
+
+
+def test_a_preset_must_agree_with_the_checkpoints_own_protocol():
+    _, meta = _stored(size=84, pool="none")
+    with pytest.raises(ConfigError, match=r"^--preset rfs-resnet12 \(metaoptnet-mini, pool avg\) contradicts the "
+                                          r"checkpoint's own protocol \(finetune-32, pool none\)"):
+        resolve_protocol("miniimagenet", "unit", preset="rfs-resnet12", meta=meta)
+    assert resolve_protocol("miniimagenet", "unit", preset="rfs-resnet12", meta=meta, force=True).pool == "avg"
+
+
+def test_a_stored_protocol_that_cannot_be_rebuilt_exactly_is_refused():
+    t, meta = _stored()
+    with pytest.raises(ConfigError, match=r"cannot rebuild exactly"):
+        resolve_protocol("miniimagenet", "unit", meta={**meta, "transform_key": "my_callable|custom"})
+    assert resolve_protocol("miniimagenet", "unit", meta={**meta, "transform_key": t.key}).transform.key == t.key
+    bad = {**meta, "protocol": {**meta["protocol"], "pool": "token"}}
+    with pytest.raises(ConfigError, match=r"stored pooling 'token' is not one of avg, none"):
+        resolve_protocol("miniimagenet", "unit", meta=bad)
+
+
+def test_pool_given_as_arch_kw_is_checked_like_the_pool_flag():
+    from fewshot_bench.benchmark import plan_model
+
+    plan = plan_model(None, "conv4", ["miniimagenet"], arch_kwargs={"pool": "avg", "hidden": 8})
+    assert plan.protocols["miniimagenet"].pool == "avg" and plan.features_kwargs("miniimagenet") == {
+        "hidden": 8, "pool": "avg"}
+    with pytest.raises(ConfigError, match=r"^--pool avg contradicts the preset protonet-conv4, which says none"):
+        plan_model(None, None, ["miniimagenet"], preset="protonet-conv4", arch_kwargs={"pool": "avg"})
+    with pytest.raises(ConfigError, match=r"^--pool none and --arch-kw pool=avg disagree"):
+        plan_model(None, "conv4", ["miniimagenet"], pool="none", arch_kwargs={"pool": "avg"})

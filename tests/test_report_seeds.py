@@ -440,3 +440,33 @@ def test_cli_errors_are_one_line(groups, tmp_path, capsys):
     dup = make_run(tmp_path / "dup", {("cifar-fs", 1, "protonet"): [0.5] * 60}, loss="ce", finetune_seed=0)
     assert main(["compare", str(ce[0]), str(dup), str(clce[0])]) == 1
     assert "and the fine-tuning seed 0" in capsys.readouterr().err
+
+
+def test_configurations_fine_tuned_on_other_datasets_or_with_other_settings_are_not_merged(tmp_path):
+    """Review finding: one eval dataset, three checkpoints fine-tuned on three datasets with three λ
+    must be three rows, not three 'seeds' of one median."""
+    rng = np.random.default_rng(0)
+    acc = {("miniimagenet", 1, "protonet"): rng.random(20)}
+    paths = [make_run(tmp_path / f"r{s}", acc, loss="clce", finetune_seed=s,
+                           checkpoint_meta={"dataset": ds, "lam": lam})
+             for s, (ds, lam) in enumerate([("miniimagenet", 0.9), ("tieredimagenet", 0.1), ("cifar-fs", 0.5)])]
+    labels = sorted(g.label for g in report.seed_groups(paths))
+    assert len(labels) == 3 and any("fine-tuned on tieredimagenet" in lab for lab in labels)
+    # runs that differ only in contrast_on, each fine-tuned on its own dataset, are two rows too
+    two = [make_run(tmp_path / f"c{s}", {(ds, 1, "protonet"): rng.random(20)}, loss="clce", finetune_seed=s,
+                         checkpoint_meta={"dataset": ds, "contrast_on": on})
+           for s, (ds, on) in enumerate([("miniimagenet", "encoder"), ("cifar-fs", "projection")])]
+    assert sorted(g.label for g in report.seed_groups(two)) == ["resnet12 (clce, contrast_on=encoder)",
+                                                               "resnet12 (clce, contrast_on=projection)"]
+
+
+def test_seeds_evaluated_under_different_input_protocols_are_refused(tmp_path):
+    paths = make_seed_runs(tmp_path, "clce", {s: {("cifar-fs", 1, "protonet"): SEED_ACC[s]} for s in (0, 1)},
+                           loss="clce")
+    for p, pool in zip(paths, ("avg", "none"), strict=True):
+        summary = json.loads((p / "summary.json").read_text())
+        summary["protocols"] = {"cifar-fs": {"transform": "metaoptnet-cifar", "image_size": 32, "pool": pool,
+                                             "source": "checkpoint", "forced": False}}
+        (p / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match=r"evaluated with different input protocols .*avg pool vs .*flattened"):
+        report.seed_groups(paths)

@@ -77,3 +77,8 @@ def test_loss_hyper_parameters_reach_only_the_losses_that_take_them():
     assert rows["ce"] == {"epochs": 1} and rows["clce"] == {"lam": 0.5, "epochs": 1}
     with pytest.raises(ConfigError, match=r"^sweep lambda: loss ce has no lam"):
         Study(arch="conv4", datasets=["digits"], losses=["ce"], sweep="lambda", values=[0.5]).settings()
+
+
+def test_a_loss_flag_no_loss_takes_is_refused():
+    with pytest.raises(ConfigError, match=r"^--beta is taken by none of --losses clce"):
+        Study(arch="conv4", datasets=["digits"], losses=["clce"], finetune={"beta": 5.0}).settings()

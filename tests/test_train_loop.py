@@ -423,7 +423,7 @@ def test_pretrained_timm_weights_load_strictly_and_carry_their_protocol(tmp_path
     assert pre["ignored_head_keys"] == 2  # fc.weight, fc.bias
     assert pre["pretrained_cfg"]["input_size"] == [3, 160, 160] and pre["pretrained_cfg"]["mean"] == [0.5] * 3
     assert meta["protocol"] == {"transform": "pretrained-cfg", "image_size": 160, "resize": 168, "crop": True,
-                                "mean": [0.5] * 3, "std": [0.5] * 3, "pool": "avg", "feature_layer": "final"}
+                                "mean": [0.5] * 3, "std": [0.5] * 3, "pool": None, "feature_layer": "final"}  # timm: its own pooling
     weights = _load(out)["state_dict"]
     conv = next(k for k in weights if k.endswith("weight") and weights[k].ndim == 4)
     torch.testing.assert_close(weights[conv], src.state_dict()[conv], atol=1e-6, rtol=0)  # lr ~ 0: unchanged

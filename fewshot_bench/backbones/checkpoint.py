@@ -485,6 +485,9 @@ def load_checkpoint(
         meta=meta,
         origin=formats.origin_meta(obj),
     )
+    conflict = formats.layout_conflict(report.format, target, found.sd)
+    if conflict:
+        raise CheckpointError(f"checkpoint {p}: {conflict}")
     n_weights = sum(not k.endswith("num_batches_tracked") for k in acc.usable)  # BN counters alone load nothing
     if not n_weights or (not report.ok and not allow_partial):
         raise CheckpointError(_refusal(p, str(arch), report, found.sd, obj, n_usable=n_weights))

@@ -206,6 +206,20 @@ def detect_format(obj: Any, nesting: str, keys: list[str], *, suffix: str = "", 
     return "state-dict"
 
 
+def layout_conflict(fmt: str, model: Any, sd: Mapping[str, Any]) -> str | None:
+    """A layout whose keys and shapes fit ``model`` but whose network computes something else.
+
+    easyfsl's ``resnet18(big_kernel=True)`` has a 7×7/2 ``conv1`` with padding 1 and no max-pool:
+    the paper stem's keys and shapes exactly, another network.
+    """
+    if fmt == "easyfsl" and getattr(model, "stem", None) == "imagenet":
+        conv1 = next((v for k, v in sd.items() if k.split(".", 1)[-1] == "conv1.weight"), None)
+        if conv1 is not None and tuple(conv1.shape[-2:]) == (7, 7):
+            return ("an easyfsl ResNet-18 with a 7x7 conv1 is big_kernel=True (padding 1, no max-pool), not the "
+                    "paper stem its shapes also fit; use --arch resnet18 --arch-kw stem=easyfsl-big")
+    return None
+
+
 def _plain(value: Any, depth: int = 0) -> Any:
     """``value`` as JSON types (scalars, lists, dicts); anything else becomes its ``repr`` (cut)."""
     if isinstance(value, (str, int, float, bool)) or value is None:

@@ -9,6 +9,7 @@ Layout (torchvision names, the ones most few-shot ResNet-18 checkpoints carry)::
 
     stem "imagenet" (paper): conv1 7×7/2 pad 3 → bn1 → ReLU → maxpool 3×3/2 pad 1
     stem "small" (FEAT, easyfsl default): conv1 3×3/1 pad 1 → bn1 → ReLU   (no maxpool)
+    stem "easyfsl-big" (easyfsl big_kernel=True): conv1 7×7/2 pad 1 → bn1 → ReLU   (no maxpool)
     layer1..layer4: 2 BasicBlocks each, widths 64, 128, 256, 512, first block of layers 2–4 stride 2
     BasicBlock: y = ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + downsample(x))
                 conv 3×3 pad 1 no bias, conv1 carries the stride; downsample = conv1x1/stride + BN
@@ -27,9 +28,10 @@ with a shape mismatch rather than loaded silently — with one exception below):
 - CloserLook ``ResNet18`` is the paper network under other names (``trunk.0`` conv1, ``trunk.1``
   bn1, ``trunk.{4..11}`` the eight blocks with ``C1/BN1/C2/BN2/shortcut/BNshortcut``); after
   renaming it fits ``stem="imagenet"`` (its AvgPool2d(7) is the global pool at 224 px).
-- Not covered: easyfsl ``big_kernel=True`` (7×7/2 with pad 1 and no maxpool — it would load into
-  ``stem="imagenet"`` but compute other features); RFS ``resnet18`` (ResNet-12-style blocks,
-  [1, 1, 2, 2]), whose keys differ.
+- easyfsl ``resnet18(big_kernel=True)``: ``stem="easyfsl-big"`` (7×7/2 conv with padding 1, no
+  maxpool). Its keys and shapes equal the paper stem's, so the loader refuses an easyfsl file
+  with a 7×7 ``conv1`` into ``stem="imagenet"`` and names this stem.
+- Not covered: RFS ``resnet18`` (ResNet-12-style blocks, [1, 1, 2, 2]), whose keys differ.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from ._base import FeatureBackbone
 
 __all__ = ["BasicBlock", "ResNet18", "resnet18"]
 
-STEMS = ("imagenet", "small")
+STEMS = ("imagenet", "small", "easyfsl-big")
 
 
 class BasicBlock(nn.Module):
@@ -92,6 +94,9 @@ class ResNet18(FeatureBackbone):
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif stem == "easyfsl-big":
+            self.conv1 = nn.Conv2d(in_chans, 64, 7, stride=2, padding=1, bias=False)
+            self.maxpool = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_chans, 64, 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
@@ -111,7 +116,10 @@ class ResNet18(FeatureBackbone):
                 nn.init.zeros_(m.bias)
 
     def map_side(self, side: int) -> int:
-        """Each stride-2 stage maps s → ⌈s/2⌉: 5 of them with the paper stem, 3 with the small one."""
+        """Each stride-2 stage maps s → ⌈s/2⌉: 5 of them with the paper stem, 3 with the small one;
+        the easyfsl big stem's 7×7/2 pad-1 conv maps s → ⌊(s − 5)/2⌋ + 1, then 3 stages."""
+        if self.stem == "easyfsl-big":
+            side = (side - 5) // 2 + 1
         for _ in range(5 if self.stem == "imagenet" else 3):
             side = (side + 1) // 2
         return side

@@ -15,8 +15,9 @@ Pooling (``pool``):
   ``out_dim`` then depends on the input side: ``image_size`` is required, and ``out_dim`` is read
   off one forward pass of a ``(1, in_chans, S, S)`` zero image at construction.
 
-Attributes: ``.out_dim``, ``.pool`` (``"avg"``, ``"none"`` or timm's own name such as
-``"token"``), ``.image_size``; ``forward_features`` is timm's own (``(B, C, h, w)`` for CNNs).
+Attributes: ``.out_dim``, ``.pool`` (``"avg"``, ``"none"``, or ``None`` for the model's own pooling,
+which timm keeps in different places: ``global_pool``, ``head.global_pool``, a class token),
+``.image_size``; ``forward_features`` is timm's own (``(B, C, h, w)`` for CNNs).
 """
 
 from __future__ import annotations
@@ -38,12 +39,6 @@ TIMM_PREFIX = "timm:"
 def _flatten_output(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
     """Forward hook of ``pool="none"``: ``(B, ...)`` → ``(B, prod(...))``."""
     return output.flatten(1)
-
-
-def _own_pool(model: nn.Module) -> str:
-    gp = getattr(model, "global_pool", None)
-    name = gp if isinstance(gp, str) else getattr(gp, "pool_type", None)
-    return str(name) if name else "none"
 
 
 def create_timm(name: str, pool: str | None = None, image_size: int | None = None, **kw: Any) -> nn.Module:
@@ -77,7 +72,9 @@ def create_timm(name: str, pool: str | None = None, image_size: int | None = Non
         model.pool = "none"
         model.out_dim = _probe_dim(model, arch, int(kw.get("in_chans", 3)), side)
     else:
-        model.pool = pool or _own_pool(model)
+        # None: the model's own head pooling (timm keeps it in different places: global_pool,
+        # head.global_pool, a class token); only a pooling we asked for is named
+        model.pool = pool
         model.out_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     return model
 

@@ -98,6 +98,7 @@ _STATE_VERSION = 2
 # config entries that must match for resume=True to continue a run
 _RESUME_KEYS = (
     "arch",
+    "arch_kwargs",
     "loss",
     "loss_params",
     "contrast_on",
@@ -315,7 +316,8 @@ def finetune(
         val_every=val_every,
         keep=keep,
     )
-    cfg.update(loss=str(loss).strip(), loss_name=loss_fn.name or str(loss).strip(), loss_params=loss_fn.params)
+    cfg.update(loss=str(loss).strip(), loss_name=loss_fn.name or str(loss).strip(), loss_params=loss_fn.params,
+               arch_kwargs={k: v for k, v in (arch_kwargs or {}).items() if v is not None})
     out = Path(out)
     info = D.init_from_env()
     dev = _resolve_device(device, info)
@@ -587,6 +589,7 @@ def _metadata(cfg: dict, loss_fn: TrainingLoss, history: list, val_results: list
         k: cfg[k]
         for k in (
             "arch",
+            "arch_kwargs",
             "loss_params",
             "contrast_on",
             "batch_size",

@@ -112,6 +112,6 @@ def input_protocol(tf: Callable, side: int, backbone: nn.Module) -> dict[str, An
         "crop": bool(getattr(tf, "crop", False)),
         "mean": None if mean is None else [float(v) for v in mean],
         "std": None if std is None else [float(v) for v in std],
-        "pool": pool if isinstance(pool, str) else "avg",
+        "pool": pool if pool in ("avg", "none") else None,  # None: the architecture's own pooling
         "feature_layer": "final",
     }
