@@ -27,7 +27,12 @@ typical session:
   fewshot-bench datasets --data-root ~/data            # what is found where
   fewshot-bench eval --checkpoint ckpt.pt --arch resnet12 --dataset cifar-fs fc100 \\
       --data-root ~/data --out reports/my-run           # mean ± 95% CI over 3,000 episodes
+  fewshot-bench eval --checkpoint rfs_resnet12_last.pth --preset rfs-resnet12 --dataset miniimagenet \\
+      --data-root ~/data --out reports/rfs          # a published checkpoint, as its paper evaluated it
+  fewshot-bench finetune --arch resnet12 --dataset cifar-fs --data-root ~/data --loss clce \\
+      --epochs 100 --seeds 0 1 2 --out checkpoints/clce.pt
   fewshot-bench table reports/run-a reports/run-b --format latex --baseline reports/run-a
+  fewshot-bench archs | losses | methods              # what can be plugged in
 
 Run `fewshot-bench COMMAND --help` for the flags of one command.
 """

@@ -493,36 +493,15 @@ def _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progre
                 xs = [augment_fn(x, g, pad) for _ in range(views)]
             else:
                 xs = [x] * views
-            inp = tf(torch.cat(xs))
-            yv = y.repeat(views)
             lr_now = cfg["lr"] * lr_factor(step, total_steps, warmup_steps)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                logits, z = model(inp)
-            logits = logits.float() if logits is not None else None
-            z_labels = None
-            if z is not None:
-                z = z.float()
-                if info.distributed:
-                    z, z_labels = D.gather_with_grad(z), D.all_gather_nograd(yv)
-            terms = loss_fn(logits, z, yv, z_labels=z_labels)
-            total = terms.total
-            if not torch.isfinite(total):
-                raise ConfigError(
-                    f"training diverged at epoch {epoch + 1}, step {s + 1} (loss {total.item()}); "
-                    f"lower --lr (now {cfg['lr']})"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.unscale_(opt)
-            grad_norm = _grad_norm(params)
-            scaler.step(opt)
-            scaler.update()
+            terms, grad_norm = _step(model, loss_fn, tf(torch.cat(xs)), y.repeat(views), opt, scaler, params,
+                                     info, autocast=(dev.type, amp_dtype, use_amp), where=(epoch, s, cfg["lr"]))
             step += 1
             sums += torch.tensor(
                 [
-                    total.item(),
+                    terms.total.item(),
                     terms.ce.item() if terms.ce is not None else math.nan,
                     terms.contrastive.item() if terms.contrastive is not None else math.nan,
                     grad_norm,
@@ -582,6 +561,36 @@ def _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progre
     if info.distributed:
         torch.distributed.barrier()
     return out
+
+
+def _step(model, loss_fn: TrainingLoss, inp: torch.Tensor, yv: torch.Tensor, opt, scaler, params, info,
+          *, autocast: tuple, where: tuple) -> tuple[Any, float]:
+    """One optimisation step: forward ``inp (V·B, 3, S, S)`` with labels ``yv (V·B,)``, the registered
+    loss (embeddings gathered across ranks under DDP), backward, the gradient norm, the update.
+
+    Returns the loss terms and the L2 norm of the (unscaled) gradient before the update.
+    """
+    dev_type, amp_dtype, use_amp = autocast
+    with torch.autocast(dev_type, dtype=amp_dtype, enabled=use_amp):
+        logits, z = model(inp)
+    logits = logits.float() if logits is not None else None
+    z_labels = None
+    if z is not None:
+        z = z.float()
+        if info.distributed:
+            z, z_labels = D.gather_with_grad(z), D.all_gather_nograd(yv)
+    terms = loss_fn(logits, z, yv, z_labels=z_labels)
+    if not torch.isfinite(terms.total):
+        epoch, s, lr = where
+        raise ConfigError(f"training diverged at epoch {epoch + 1}, step {s + 1} (loss {terms.total.item()}); "
+                          f"lower --lr (now {lr})")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(terms.total).backward()
+    scaler.unscale_(opt)
+    grad_norm = _grad_norm(params)
+    scaler.step(opt)
+    scaler.update()
+    return terms, grad_norm
 
 
 def _metadata(cfg: dict, loss_fn: TrainingLoss, history: list, val_results: list, selected: int) -> dict:
