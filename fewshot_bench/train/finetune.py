@@ -123,6 +123,8 @@ _RESUME_KEYS = (
     "val_spec",
     "keep",
 )
+# recorded in the checkpoint's metadata besides the resume keys
+_META_ONLY_KEYS = ("split", "transform", "world_size", "protocol", "pretrained", "log")
 
 
 def state_path(out: str | Path) -> Path:
@@ -596,36 +598,8 @@ def _step(model, loss_fn: TrainingLoss, inp: torch.Tensor, yv: torch.Tensor, opt
 def _metadata(cfg: dict, loss_fn: TrainingLoss, history: list, val_results: list, selected: int) -> dict:
     meta = {
         k: cfg[k]
-        for k in (
-            "arch",
-            "arch_kwargs",
-            "loss_params",
-            "contrast_on",
-            "batch_size",
-            "epochs",
-            "lr",
-            "optimizer",
-            "weight_decay",
-            "momentum",
-            "warmup_epochs",
-            "seed",
-            "embed_dim",
-            "augment",
-            "flip",
-            "dataset",
-            "split",
-            "data_fingerprint",
-            "n_classes",
-            "image_size",
-            "transform",
-            "transform_key",
-            "world_size",
-            "protocol",
-            "pretrained",
-            "val_spec",
-            "keep",
-            "log",
-        )
+        for k in (*_RESUME_KEYS, *_META_ONLY_KEYS)
+        if k not in ("loss", "pretrained_sha256", "val_every")  # written below / inside "pretrained" / "val"
     }
     params = loss_fn.params
     fixed = getattr(loss_fn, "term_fixed", None) or {}
