@@ -30,7 +30,7 @@ from .evaluate import evaluate_episodes
 from .stats import mean_ci
 
 __all__ = ["EvalConfig", "ModelPlan", "RUN_FORMAT_VERSION", "RunResult", "check_load", "extract_all", "format_summary",
-           "plan_model", "run_benchmark", "write_run"]
+           "plan_model", "preflight", "run_benchmark", "write_run"]
 
 RUN_FORMAT_VERSION = 1
 PER_EPISODE_COLUMNS = ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
@@ -141,21 +141,57 @@ def plan_model(checkpoint: str | None, arch: str | None, datasets: Sequence[str]
     from .protocol import PRESETS, check_arch_agrees, resolve_protocol
 
     meta = read_checkpoint_meta(checkpoint) if checkpoint else {}
-    if arch is not None:
-        arch = check_arch(arch)  # a typo answers with close names before any agreement check
-    arch = check_arch(check_arch_agrees(arch, preset=preset, meta=meta, force=force))
-    kwargs = {**(dict(PRESETS.get(preset).arch_kwargs) if preset else {}), **dict(arch_kwargs or {})}
-    if "pool" in kwargs:  # one way to set the pooling, checked like --pool
-        given = kwargs.pop("pool")
+    given_arch = check_arch(arch) if arch is not None else None  # a typo answers with close names first
+    arch = check_arch(check_arch_agrees(given_arch, preset=preset, meta=meta, force=force))
+    user = dict(arch_kwargs or {})
+    if "pool" in user:  # one way to set the pooling, checked like --pool
+        given = user.pop("pool")
         if pool is not None and pool != given:
             raise ConfigError(f"--pool {pool} and --arch-kw pool={given} disagree; give one")
         pool = given
-    if checkpoint and not arch_kwargs and not preset and meta.get("arch_kwargs"):
-        kwargs = dict(meta["arch_kwargs"])  # our checkpoints say how their backbone was built
-        kwargs.pop("pool", None)
+    overridden = []  # flags forced over the preset or the checkpoint (--force-protocol)
+    expected = check_arch_agrees(None, preset=preset, meta=meta) if (preset or meta.get("arch")) else None
+    if given_arch and expected and given_arch.lower() != str(expected).lower():
+        overridden.append(f"--arch {given_arch}")
+    # the preset's (or our checkpoint's) keyword arguments belong to its architecture only
+    base = {} if overridden else (dict(PRESETS.get(preset).arch_kwargs) if preset
+                                  else dict(meta.get("arch_kwargs") or {}))
+    base.pop("pool", None)  # the pooling travels in the protocol
+    for k, v in user.items():
+        if k in base and base[k] != v:
+            source = f"--preset {preset}" if preset else "checkpoint"
+            if not force:
+                raise ConfigError(f"--arch-kw {k}={v} contradicts the {source}, which builds {arch} with {k}={base[k]}; "
+                                  f"drop it, or add --force-protocol")
+            overridden.append(f"--arch-kw {k}={v}")
+    kwargs = {**base, **user}
+    _check_arch_kwargs(arch, kwargs)
     protocols = {d: resolve_protocol(d, DATASETS.get(d).eval_transform, preset=preset, meta=meta,
                                      transform=transform, pool=pool, force=force) for d in datasets}
+    if overridden:  # forced over the preset or the checkpoint: say so wherever the protocol is shown
+        protocols = {d: dataclasses.replace(p, forced=True, overridden=(*p.overridden, *overridden))
+                     for d, p in protocols.items()}
     return ModelPlan(checkpoint, arch, kwargs, preset, meta, protocols)
+
+
+def _check_arch_kwargs(arch: str, kwargs: Mapping[str, Any]) -> None:
+    """Build ``arch`` with ``kwargs`` on the meta device (no weights), so an unknown or bad
+    ``--arch-kw`` fails before any data is read, naming the flag."""
+    if not kwargs:
+        return
+    import torch
+
+    from .backbones import create_backbone
+    from .errors import FewshotBenchError
+
+    try:
+        with torch.device("meta"):
+            create_backbone(arch, **kwargs)
+    except FewshotBenchError as exc:
+        raise ConfigError(f"--arch-kw {' '.join(f'{k}={v}' for k, v in kwargs.items())}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--arch-kw {' '.join(f'{k}={v}' for k, v in kwargs.items())} does not build {arch}: "
+                          f"{exc}; check the values") from None
 
 
 def check_load(plan: ModelPlan, split: Any, *, allow_partial: bool = False) -> Any:
@@ -176,6 +212,21 @@ def check_load(plan: ModelPlan, split: Any, *, allow_partial: bool = False) -> A
     with torch.device("meta"):  # shapes only: no weights in memory, nothing copied
         model = create_backbone(plan.arch, **{"image_size": side, **plan.features_kwargs(split.dataset)})
     return load_checkpoint(plan.checkpoint, model, allow_partial=allow_partial, dry_run=True)
+
+
+def preflight(cfg: EvalConfig, *, load_split: SplitLoader | None = None) -> ModelPlan:
+    """Check what can fail before any run folder is written: the arch and protocol of ``cfg``
+    (:meth:`EvalConfig.plan`), the methods, and that the checkpoint fits every dataset's model
+    (a dry-run load, :func:`check_load`); returns the plan."""
+    from .methods import get_method_class
+
+    plan = cfg.plan()
+    for name in cfg.methods:
+        get_method_class(name)
+    load = load_split or _default_loader(cfg)
+    for dataset in cfg.datasets:
+        check_load(plan, load(dataset, cfg.split), allow_partial=cfg.allow_partial)
+    return plan
 
 
 def extract_all(cfg: EvalConfig, *, load_split: SplitLoader | None = None) -> None:

@@ -142,18 +142,20 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="τ of the contrastive term (default: the loss's, e.g. 0.5 for CLCE, 0.1 for SupCon)")
     p.add_argument("--beta", type=float, default=None, help="concentration β of the H-SCL losses (default: 1.0)")
-    p.add_argument("--contrast-on", default="encoder", choices=["encoder", "projection"],
-                   help="where the contrastive term acts: the backbone's embedding (the CLCE paper) or a "
-                        "projection head (SupCon); recorded in the checkpoint")
+    p.add_argument("--contrast-on", default=None, choices=["encoder", "projection"],
+                   help="where the contrastive term acts: the backbone's embedding (the CLCE paper; the default) or "
+                        "a projection head (SupCon); recorded in the checkpoint")
     p.add_argument("--epochs", type=_positive_int, required=True)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default: 64)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--warmup-epochs", type=_nonneg_int, default=0, help="linear warm-up before the cosine decay")
-    p.add_argument("--embed-dim", type=_positive_int, default=128,
-                   help="output size of the projection head (--contrast-on projection)")
+    p.add_argument("--embed-dim", type=_positive_int, default=None,
+                   help="output size of the projection head, with --contrast-on projection (default: 128)")
+    p.add_argument("--arch-kw", action="append", metavar="NAME=VALUE",
+                   help="architecture keyword argument, repeatable, e.g. --arch-kw hidden=32 (stored in the checkpoint)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the images as stored (default: random crop with padding + flip)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
@@ -168,13 +170,24 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
         "image folders are also decoded at this size (default: the transform's / data's native size)")
 
 
-def _training_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """``finetune`` keyword arguments from :func:`_add_training_flags` (loss parameters left unset stay unset)."""
-    return {"lam": args.lam, "temperature": args.temperature, "beta": args.beta, "contrast_on": args.contrast_on,
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-            "weight_decay": args.weight_decay, "momentum": args.momentum, "warmup_epochs": args.warmup_epochs,
-            "embed_dim": args.embed_dim, "augment": args.augment, "flip": args.flip, "transform": args.transform,
-            "image_size": args.image_size, "pretrained": args.pretrained}
+def _training_kwargs(args: argparse.Namespace, losses: list[str]) -> dict[str, Any]:
+    """``finetune`` keyword arguments from :func:`_add_training_flags`; flags left unset are left out
+    (``finetune``'s and each loss's defaults apply). A flag that none of ``losses`` uses is refused."""
+    from .train.losses import get_loss_class
+
+    if args.contrast_on is not None and not any(get_loss_class(loss).uses_contrastive for loss in losses):
+        raise ConfigError(f"--contrast-on {args.contrast_on}: {', '.join(losses)} has no contrastive term; drop the "
+                          "flag or pick a contrastive loss")
+    if args.embed_dim is not None and args.contrast_on != "projection":
+        raise ConfigError("--embed-dim sizes the projection head, which only --contrast-on projection uses; drop "
+                          "--embed-dim or add --contrast-on projection")
+    kw = {"lam": args.lam, "temperature": args.temperature, "beta": args.beta, "contrast_on": args.contrast_on,
+          "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+          "weight_decay": args.weight_decay, "momentum": args.momentum, "warmup_epochs": args.warmup_epochs,
+          "embed_dim": args.embed_dim, "augment": args.augment, "flip": args.flip, "transform": args.transform,
+          "image_size": args.image_size, "pretrained": args.pretrained,
+          "arch_kwargs": _arch_kwargs(args.arch_kw) or None}
+    return {k: v for k, v in kw.items() if v is not None}
 
 
 def _add_episode_flags(p: argparse.ArgumentParser, *, episodes_dir: bool = True) -> None:
@@ -193,9 +206,21 @@ def _checkpoint_arg(text: str) -> str | None:
     if text.lower() == "none":
         return None
     path = Path(text)
+    if path.is_dir():
+        raise ConfigError(f"--checkpoint {text} is a folder; pass the .pt/.pth/.safetensors file inside it")
     if not path.is_file():
         raise ConfigError(f"--checkpoint {text} does not exist; give the path of a .pt/.pth file or 'none'")
     return str(path)
+
+
+def _check_out_folder(out: str | Path, flag: str = "--out") -> None:
+    """Refuse an output folder that cannot be one, before any work is done."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{flag} {out}: {p} exists and is not a folder; choose another {flag}")
+            return
 
 
 def _progress() -> bool:
@@ -274,8 +299,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             queries=args.queries, episodes=args.episodes, seed=args.seed, methods=args.methods,
                             method_params=_method_params(args.param), episodes_dir=args.episodes_dir,
                             ci_method=args.ci) for c in checkpoints]
-    for cfg in configs:
-        cfg.plan()  # every checkpoint's arch and protocol checked before the first is evaluated
+    for out in dirs:
+        _check_out_folder(out)
+    if len(configs) > 1:  # every checkpoint must fit before the first run folder is written
+        from .benchmark import preflight
+
+        for cfg in configs:
+            preflight(cfg)
     with _process_group() as info:  # torchrun: every rank extracts its shard, rank 0 evaluates
         if info.distributed:
             import dataclasses
@@ -386,6 +416,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seeds is not None:
         raise ConfigError("give --seed S or --seeds S [S ...], not both")
     seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+    _check_out_folder(Path(args.out).parent, "--out")
+    if args.log and Path(args.log).is_dir():
+        raise ConfigError(f"--log {args.log} is a folder; give a file name such as {Path(args.log) / 'train.log.jsonl'}")
+    kwargs = _training_kwargs(args, [args.loss])
     split = load_split(args.dataset, "train", args.data_root, cache_dir=args.cache_dir,
                        image_size=args.image_size, progress=_progress())
     val_split = None
@@ -398,7 +432,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                               f"drop --val-every or provide the val split") from None
     paths = finetune_seeds(
         split, args.arch, seeds=seeds, out=Path(args.out), log_file=args.log, loss=args.loss,
-        **_training_kwargs(args), device=args.device, resume=args.resume,
+        **kwargs, device=args.device, resume=args.resume,
         val_split=val_split, val_every=args.val_every, val_episodes=args.val_episodes, val_ways=args.val_ways,
         val_shots=args.val_shots, val_queries=args.val_queries, keep=args.keep, progress=_progress())
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
@@ -410,7 +444,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace, *, sweep: str | None = None):
     from .studies import Study
 
-    ft = _training_kwargs(args)
+    if sweep is not None:
+        flag = {"lambda": ("--lam", args.lam), "batch-size": ("--batch-size", args.batch_size)}[sweep]
+        if flag[1] is not None:
+            raise ConfigError(f"{flag[0]} {flag[1]} with sweep {sweep}: the swept --values set it; drop {flag[0]}")
+    ft = _training_kwargs(args, args.losses)
     return Study(arch=args.arch, datasets=args.dataset, losses=args.losses, seeds=args.seeds,
                  finetune={k: v for k, v in ft.items() if v is not None}, sweep=sweep,
                  values=getattr(args, "values", None) or (), shots=tuple(args.shots), ways=args.ways,
@@ -422,6 +460,7 @@ def _run_study(args: argparse.Namespace, study) -> int:
     from .data import load_split
     from .studies import run_study
 
+    _check_out_folder(args.out)
     def load(dataset: str, split: str):
         return load_split(dataset, split, args.data_root, cache_dir=args.cache_dir, image_size=args.image_size,
                           progress=_progress())
@@ -814,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     except FewshotBenchError as exc:
         print(f"Error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return 1
-    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
         print(f"Error: {exc.filename}: {exc.strerror}; check the path and its permissions", file=sys.stderr)
         return 1
     except OSError as exc:  # a full or read-only disk outside the atomic writers (lock files, folders)

@@ -172,12 +172,15 @@ def resolve_protocol(dataset: str, default_transform: str, *, preset: str | None
         raise ConfigError(f"--pool {pool!r} is not one of {', '.join(POOLS)}")
     meta = meta or {}
     stored = _stored_protocol(meta)
+    over_stored = None
     if preset:
         p = PRESETS.get(preset)
         base_tf, base_pool, source = p.transform_for(dataset), p.pool, f"preset {p.name}"
-        if stored and not force:  # a preset must not silently replace what the checkpoint was trained with
+        if stored:  # a preset must not silently replace what the checkpoint was trained with
             tf_stored, pool_stored = stored
-            if tf_stored.key != base_tf.key or pool_stored != base_pool:
+            if (tf_stored.key != base_tf.key or pool_stored != base_pool) and force:
+                over_stored = (f"--preset {p.name}", f"{tf_stored.name}, pool {pool_stored}")
+            elif tf_stored.key != base_tf.key or pool_stored != base_pool:
                 raise ConfigError(
                     f"--preset {p.name} ({base_tf.name}, pool {base_pool}) contradicts the checkpoint's own protocol "
                     f"({tf_stored.name}, pool {pool_stored}); drop --preset to evaluate as it was trained, or add "
@@ -190,14 +193,14 @@ def resolve_protocol(dataset: str, default_transform: str, *, preset: str | None
         tf = get_transform(transform or default_transform)
         return Protocol(tf, pool, source="flags" if (transform or pool) else "dataset default")
 
-    overridden = []  # (flag, what the base says)
+    overridden = [over_stored] if over_stored else []  # (flag, what the base says)
     tf = base_tf
     if transform is not None and not _agrees(get_transform(transform), base_tf):
         overridden.append((f"--transform {transform}", base_tf.name))
         tf = get_transform(transform)
     if pool is not None and base_pool is not None and pool != base_pool:
         overridden.append((f"--pool {pool}", base_pool))
-    if overridden and not force:
+    if overridden and not force:  # (a forced preset over the checkpoint has raised above otherwise)
         flag, says = overridden[0]
         raise ConfigError(f"{flag} contradicts the {source}, which says {says}; drop the flag to evaluate as the "
                           f"{source} says, or add --force-protocol to override it (recorded in summary.json)")

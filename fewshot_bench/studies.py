@@ -99,21 +99,45 @@ class Study:
 
 
 def _check(study: Study) -> None:
+    """Everything that can be checked before the first fine-tuning starts (so a typo never costs a
+    finished run): losses, seeds, methods, swept values (each one built into its loss)."""
+    from .errors import UnknownNameError
+    from .methods import get_method_class
+    from .train.losses import create_loss, get_loss_class
+
     if not study.losses:
         raise ConfigError("--losses needs at least one loss, e.g. --losses ce clce")
+    for loss in study.losses:
+        try:
+            get_loss_class(loss)
+        except UnknownNameError as exc:
+            raise UnknownNameError(str(exc).replace("(--loss)", "(--losses)")) from None
     if not study.seeds:
         raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
+    for name in study.methods:
+        get_method_class(name)
     if study.sweep is not None:
         if study.sweep not in SWEEPS:
             raise ConfigError(f"unknown sweep {study.sweep!r}; choose from {', '.join(SWEEPS)}")
         if not study.values:
             raise ConfigError(f"sweep {study.sweep} needs --values, e.g. --values 64 128 256")
-        _, parse, _ = SWEEPS[study.sweep]
+        key, parse, _ = SWEEPS[study.sweep]
+        parsed = []
         for v in study.values:
             try:
-                parse(v)
+                parsed.append(parse(v))
             except (TypeError, ValueError):
                 raise ConfigError(f"--values {v!r} is not a valid {study.sweep}") from None
+        dup = next((v for v in parsed if parsed.count(v) > 1), None)
+        if dup is not None:
+            raise ConfigError(f"--values lists {dup:g} twice; give distinct values")
+        if key == "batch_size" and min(parsed) < 2:
+            raise ConfigError(f"--values {min(parsed)}: a batch size must be an integer >= 2")
+    for loss, kw, label in study.settings():  # every swept loss parameter builds its loss
+        try:
+            create_loss(loss, **{k: v for k, v in kw.items() if k in _LOSS_PARAMS})
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
 
 
 def _slug(text: str) -> str:
@@ -137,8 +161,9 @@ def run_study(study: Study, out: str | Path, *, load_split: Callable[[str, str],
     runs: list[str] = []
     labels: dict[str, str] = {}
     sweep_rows: list[dict[str, Any]] = []
+    splits = {(d, part): load_split(d, part) for d in study.datasets for part in ("train", "test")}  # fail before training
     for dataset in study.datasets:
-        train = load_split(dataset, "train")
+        train = splits[(dataset, "train")]
         for loss, kw, label in settings:
             ckpt = out / "checkpoints" / dataset / f"{_slug(label)}.pt"
             paths = finetune_seeds(train, study.arch, loss=loss, seeds=list(study.seeds), out=ckpt,

@@ -236,7 +236,7 @@ def test_state_path():
         (dict(lr=0.0), ConfigError, r"--lr 0.0 must be a positive number"),
         (dict(loss="clce", lam=1.5), ConfigError, r"--lam 1.5 is outside \[0, 1\]"),
         (dict(loss="clce", temperature=-1.0), ConfigError, r"--temperature -1.0 must be a positive number"),
-        (dict(lam=0.5), ConfigError, r"loss 'ce' has no parameter 'lam'; its parameters: label_smoothing"),
+        (dict(lam=0.5), ConfigError, r"^--lam 0.5: loss 'ce' has no lam \(its parameters: label_smoothing\); drop --lam"),
         (dict(loss="clce", contrast_on="z"), ConfigError, r"--contrast-on 'z': choose encoder or projection"),
         (dict(keep="first"), ConfigError, r"--keep 'first': choose last or best"),
         (dict(warmup_epochs=2, epochs=2), ConfigError, r"--warmup-epochs 2 must be smaller than --epochs 2"),

@@ -175,3 +175,26 @@ def test_pool_given_as_arch_kw_is_checked_like_the_pool_flag():
         plan_model(None, None, ["miniimagenet"], preset="protonet-conv4", arch_kwargs={"pool": "avg"})
     with pytest.raises(ConfigError, match=r"^--pool none and --arch-kw pool=avg disagree"):
         plan_model(None, "conv4", ["miniimagenet"], pool="none", arch_kwargs={"pool": "avg"})
+
+
+def test_every_forced_override_is_recorded():
+    from fewshot_bench.benchmark import plan_model
+
+    _, meta = _stored(size=84, pool="none")
+    p = resolve_protocol("miniimagenet", "unit", preset="rfs-resnet12", meta=meta, force=True)
+    assert p.forced and p.overridden == ("--preset rfs-resnet12",)
+    plan = plan_model(None, "conv4", ["miniimagenet"], preset="protonet-conv4", arch_kwargs={"hidden": 32},
+                      force=True)
+    assert plan.arch_kwargs == {"hidden": 32} and plan.protocols["miniimagenet"].overridden == ("--arch-kw hidden=32",)
+    with pytest.raises(ConfigError, match=r"^--arch-kw hidden=32 contradicts the --preset protonet-conv4, which builds "
+                                          r"conv4 with hidden=64"):
+        plan_model(None, None, ["miniimagenet"], preset="protonet-conv4", arch_kwargs={"hidden": 32})
+    plan = plan_model(None, "resnet12", ["miniimagenet"], preset="protonet-conv4", force=True)
+    assert "--arch resnet12" in plan.protocols["miniimagenet"].overridden
+
+
+def test_a_bad_arch_kw_fails_early_naming_the_flag():
+    from fewshot_bench.benchmark import plan_model
+
+    with pytest.raises(ConfigError, match=r"^--arch-kw hiden=32: architecture 'conv4' does not take hiden"):
+        plan_model(None, "conv4", ["miniimagenet"], arch_kwargs={"hiden": 32})

@@ -12,10 +12,9 @@ from fewshot_bench.cli import main
 from fewshot_bench.errors import ConfigError
 from fewshot_bench.studies import Study
 
-TRAIN = ["--arch", "conv4", "--dataset", "digits", "--epochs", "1", "--batch-size", "64", "--transform", "unit",
-         "--no-flip"]
+TRAIN = ["--arch", "conv4", "--dataset", "digits", "--epochs", "1", "--transform", "unit", "--no-flip"]
 EVAL = ["--shots", "1", "--queries", "5", "--episodes", "20"]
-TINY = [*TRAIN, "--seeds", "0", "1", *EVAL]
+TINY = [*TRAIN, "--batch-size", "64", "--seeds", "0", "1", *EVAL]
 
 
 @pytest.fixture()
@@ -49,7 +48,7 @@ def test_reproduce_writes_the_table1_layout_over_losses_and_seeds(tmp_path, dirs
 
 def test_lambda_sweep_writes_table_and_plot(tmp_path, dirs, capsys):
     out = tmp_path / "lam"
-    argv = ["sweep", "lambda", "--values", "0.5", "0.9", *TRAIN, "--seeds", "0", *EVAL, *dirs,
+    argv = ["sweep", "lambda", "--values", "0.5", "0.9", *TRAIN, "--batch-size", "64", "--seeds", "0", *EVAL, *dirs,
             "--losses", "clce", "--out", str(out)]
     assert main(argv) == 0, capsys.readouterr().err
     df = pd.read_csv(out / "sweep-lambda.csv")
@@ -82,3 +81,23 @@ def test_loss_hyper_parameters_reach_only_the_losses_that_take_them():
 def test_a_loss_flag_no_loss_takes_is_refused():
     with pytest.raises(ConfigError, match=r"^--beta is taken by none of --losses clce"):
         Study(arch="conv4", datasets=["digits"], losses=["clce"], finetune={"beta": 5.0}).settings()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "lambda", "--values", "0.5", "1.5", "--losses", "clce"], r"clce lambda=1.5: --lam 1.5 is outside \[0, 1\]"),
+    (["sweep", "batch-size", "--values", "32", "32", "--losses", "ce"], r"--values lists 32 twice"),
+    (["sweep", "lambda", "--values", "0.5", "--losses", "clce", "--lam", "0.3"], r"--lam 0.3 with sweep lambda"),
+    (["reproduce", "--losses", "ce", "clcee"], r"unknown loss 'clcee' \(--losses\)"),
+    (["reproduce", "--losses", "ce", "clce", "--methods", "protonett"], r"protonett"),
+    (["reproduce", "--losses", "ce", "--contrast-on", "projection"], r"--contrast-on projection: ce has no contrastive"),
+    (["reproduce", "--losses", "ce", "clce", "--dataset", "digitz"], r"digitz"),
+])
+def test_study_mistakes_fail_before_any_training(tmp_path, dirs, capsys, argv, message):
+    out = tmp_path / "out"
+    base = [a for a in TRAIN if a not in ("--dataset", "digits")] if "--dataset" in argv else TRAIN
+    assert main([*argv, *base, "--seeds", "0", *EVAL, *dirs, "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    import re
+
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert not (out / "checkpoints").exists()

@@ -37,14 +37,20 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *, trust_
     written atomically, with safetensors when it ends in ``.safetensors``, else ``torch.save``.
     """
     src, dst = Path(src), Path(dst)
+    if src.is_dir():
+        raise CheckpointError(f"SRC {src} is a folder; pass the checkpoint file inside it")
+    if not src.exists():
+        raise CheckpointError(f"SRC {src} not found; check the path of the file to convert")
+    if dst.is_dir():
+        raise ConfigError(f"--out {dst} is a folder; give a file name such as {dst / (src.stem + '.safetensors')}")
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise ConfigError(f"--out {dst} is the source file; write the converted state dict to another path")
     if not trust_source:
         raise CheckpointError(
             f"converting {src} unpickles it with weights_only=False, which runs any code the file holds; "
             f"pass --trust-source only if you trust where {src.name} came from"
         )
     _check_file(src)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise ConfigError(f"--out {dst} is the source file; write the converted state dict to another path")
     if _is_safetensors(src):
         obj: Any = _read_safetensors(src)
     else:

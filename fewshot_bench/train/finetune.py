@@ -75,7 +75,7 @@ from ..errors import CheckpointError, ConfigError, DataError, UnknownNameError
 from ..registry import close_matches
 from .inputs import input_protocol, resolve_transform
 from .log import write_log
-from .losses import TrainingLoss, create_loss
+from .losses import TrainingLoss, create_loss, get_loss_class
 from .net import CONTRAST_ON, TrainNet
 from .schedule import lr_factor
 
@@ -397,9 +397,13 @@ def _build_loss(loss: Any, loss_params: dict | None, **shortcuts: Any) -> Traini
     if not isinstance(loss, str) or not loss.strip():
         raise ConfigError(f"--loss must be a loss name or path/to/file.py:ClassName, got {loss!r}")
     params = dict(loss_params or {})
+    takes = set(get_loss_class(loss.strip()).param_names())
     for k, v in shortcuts.items():
         if v is None:
             continue
+        if k not in takes:
+            raise ConfigError(f"--{k} {v}: loss {loss.strip()!r} has no {k} (its parameters: "
+                              f"{', '.join(sorted(takes)) or 'none'}); drop --{k} or pick a loss that takes it")
         if k in params and params[k] != v:
             raise ConfigError(f"--{k} {v} conflicts with loss_params {k}={params[k]!r}; give it once")
         params[k] = v

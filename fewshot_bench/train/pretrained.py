@@ -33,6 +33,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
     from ..backbones import load_checkpoint
 
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"--pretrained {p} is a folder; pass the .safetensors or .pt/.pth file inside it")
     if not p.is_file():
         raise CheckpointError(f"--pretrained {p} does not exist; give a .safetensors or .pt/.pth weights file")
     try:
