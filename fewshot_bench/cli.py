@@ -266,12 +266,24 @@ def _arch_kwargs(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _decode_size(args: argparse.Namespace, checkpoint: str | None) -> int | None:
+    """``--image-size`` (the side image folders are decoded at), else the side a checkpoint fine-tuned
+    on an image folder was trained from, so eval reads the same pixels as training did."""
+    if args.image_size is not None or checkpoint is None:
+        return args.image_size
+    from .backbones import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(checkpoint)
+    return meta.get("data_image_size") if meta.get("dataset") == "image-folder" else None
+
+
 def _eval_config(args: argparse.Namespace, checkpoint: str | None, **kw: Any):
     from .benchmark import EvalConfig
 
     return EvalConfig(
         checkpoint=checkpoint, arch=args.arch, datasets=args.dataset if isinstance(args.dataset, list) else
-        [args.dataset], data_root=args.data_root, transform=args.transform, image_size=args.image_size,
+        [args.dataset], data_root=args.data_root, transform=args.transform,
+        image_size=_decode_size(args, checkpoint),
         cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size, progress=_progress(),
         preset=args.preset, pool=args.pool, arch_kwargs=_arch_kwargs(args.arch_kw),
         force_protocol=args.force_protocol, allow_partial=getattr(args, "allow_partial", False), **kw)
@@ -372,13 +384,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .features import get_features
 
     checkpoint = _checkpoint_arg(args.checkpoint)
-    plan = _eval_config(args, checkpoint).plan()
+    cfg = _eval_config(args, checkpoint)
+    plan = cfg.plan()
     with _process_group() as info:  # torchrun: each rank embeds a shard, rank 0 writes the cache
         main, progress = info.rank == 0, _progress() and info.rank == 0
         for dataset in args.dataset:
             for split_name in args.split:
                 split = load_split(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
-                                   image_size=args.image_size, progress=progress)
+                                   image_size=cfg.image_size, progress=progress)
                 report = check_load(plan, split, allow_partial=args.allow_partial)
                 protocol = plan.protocols[dataset]
                 feats = get_features(checkpoint, plan.arch, split, protocol.transform, cache_dir=args.cache_dir,
@@ -609,9 +622,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from .features import get_features
 
     checkpoint = _checkpoint_arg(args.checkpoint)
-    plan = _eval_config(args, checkpoint).plan()
+    cfg = _eval_config(args, checkpoint)
+    plan = cfg.plan()
     split = load_split(args.dataset, args.split, args.data_root, cache_dir=args.cache_dir,
-                       image_size=args.image_size, progress=_progress())
+                       image_size=cfg.image_size, progress=_progress())
     report = check_load(plan, split, allow_partial=args.allow_partial)
     if report is not None:
         print(f"load {report.summary()}", file=sys.stderr)

@@ -175,3 +175,18 @@ def test_a_narrow_conv4_is_refused_with_the_width_that_fits_then_loads(world, tm
     assert main([*argv, "--arch-kw", "hidden=32", "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
     s = _summary(tmp_path / "run")
     assert s["checkpoint"]["arch_kwargs"] == {"hidden": 32} and s["protocols"]["cifar-fs"]["feature_dim"] == 32 * 2 * 2
+
+
+def test_eval_decodes_an_image_folder_at_the_size_the_checkpoint_was_trained_from(tmp_path, capsys):
+    data = synth.write_image_folder(tmp_path / "folder", style="split-folders", per_class=4)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    ckpt = tmp_path / "f16.pt"
+    assert main(["finetune", "--arch", "conv4", "--dataset", "image-folder", "--data-root", str(data),
+                 "--image-size", "16", *cache, "--epochs", "1", "--batch-size", "4", "--out", str(ckpt)]) == 0
+    assert torch.load(ckpt, weights_only=True)["fewshot_bench"]["data_image_size"] == 16
+    assert main(["eval", "--checkpoint", str(ckpt), "--dataset", "image-folder", "--data-root", str(data), *cache,
+                 "--ways", "3", "--shots", "1", "--queries", "2", "--episodes", "10",
+                 "--episodes-dir", str(tmp_path / "eps"), "--out", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    s = _summary(tmp_path / "run")
+    assert s["config"]["image_size"] == 16  # the same decoded pixels as training, not 84 px resized by torch
+    assert s["protocols"]["image-folder"]["image_size"] == 16

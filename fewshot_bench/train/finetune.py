@@ -124,7 +124,7 @@ _RESUME_KEYS = (
     "keep",
 )
 # recorded in the checkpoint's metadata besides the resume keys
-_META_ONLY_KEYS = ("split", "transform", "world_size", "protocol", "pretrained", "log")
+_META_ONLY_KEYS = ("split", "data_image_size", "transform", "world_size", "protocol", "pretrained", "log")
 
 
 def state_path(out: str | Path) -> Path:
@@ -831,6 +831,7 @@ def _validate(split: Any, arch: Any, *, loss_fn: TrainingLoss, **kw: Any) -> dic
         "dataset": str(split.dataset),
         "split": str(split.split),
         "data_fingerprint": str(split.fingerprint),
+        "data_image_size": int(split.images.shape[1]),  # the decoded side (image folders: --image-size)
         "n_classes": int(n_classes),
         "val_every": int(kw["val_every"]),
         "keep": keep,
