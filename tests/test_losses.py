@@ -28,6 +28,8 @@ from fewshot_bench.train.losses import (
     supcon_loss,
 )
 
+from fake_entry_points import FakeEntryPoint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------- literal references
@@ -381,16 +383,6 @@ def test_load_loss_from_file(tmp_path):
         create_loss(f"{path}:Spread", beta=1.0)
 
 
-class _FakeEntryPoint:
-    def __init__(self, name, obj):
-        self.name, self.value, self._obj = name, f"fake:{name}", obj
-
-    def load(self):
-        if isinstance(self._obj, Exception):
-            raise self._obj
-        return self._obj
-
-
 def test_entry_point_losses_load_lazily(monkeypatch, restore_loss_registry):
     class Plugged(losses.SupCon):
         name = "plugged"
@@ -400,9 +392,9 @@ def test_entry_point_losses_load_lazily(monkeypatch, restore_loss_registry):
     def fake_entry_points(group=None, **kw):
         calls.append(group)
         return [
-            _FakeEntryPoint("plugged", Plugged),
-            _FakeEntryPoint("broken", ModuleNotFoundError("no module x")),
-            _FakeEntryPoint("notaloss", dict),
+            FakeEntryPoint("plugged", Plugged),
+            FakeEntryPoint("broken", ModuleNotFoundError("no module x")),
+            FakeEntryPoint("notaloss", dict),
         ]
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)

@@ -18,6 +18,8 @@ from fewshot_bench import methods
 from fewshot_bench.errors import ConfigError, MethodError, UnknownNameError
 from fewshot_bench.methods import METHODS, FewShotMethod, create
 
+from fake_entry_points import FakeEntryPoint
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_DOC = ROOT / "README.md"  # its "Add your own method" section is run as written
 ALL_METHODS = methods.available()
@@ -257,16 +259,6 @@ def test_load_method_from_file(tmp_path):
         create(f"{broken}:X")
 
 
-class _FakeEntryPoint:
-    def __init__(self, name, obj):
-        self.name, self.value, self._obj = name, f"fake:{name}", obj
-
-    def load(self):
-        if isinstance(self._obj, Exception):
-            raise self._obj
-        return self._obj
-
-
 def test_entry_point_plugins_load_lazily(monkeypatch, restore_registry):
     class Plugged(methods.CosineCentroid):
         name = "plugged"
@@ -276,9 +268,9 @@ def test_entry_point_plugins_load_lazily(monkeypatch, restore_registry):
     def fake_entry_points(group=None, **kw):
         calls.append(group)
         return [
-            _FakeEntryPoint("plugged", Plugged),
-            _FakeEntryPoint("broken", ModuleNotFoundError("no module x")),
-            _FakeEntryPoint("notamethod", dict),
+            FakeEntryPoint("plugged", Plugged),
+            FakeEntryPoint("broken", ModuleNotFoundError("no module x")),
+            FakeEntryPoint("notamethod", dict),
         ]
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
