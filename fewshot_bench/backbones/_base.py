@@ -73,6 +73,15 @@ class FeatureBackbone(nn.Module):
                 )
         self.out_dim = int(channels) if pool == "avg" else int(channels) * h * h
 
+    def _init_weights(self, nonlinearity: str) -> None:
+        """He-normal (fan-out) convolutions for ``nonlinearity``, BatchNorm weight 1 and bias 0."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
     def map_side(self, side: int) -> int:  # pragma: no cover - abstract
         """Side ``h`` of the final feature map for ``side`` px inputs."""
         raise NotImplementedError

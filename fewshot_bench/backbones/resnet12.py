@@ -128,12 +128,7 @@ class ResNet12(FeatureBackbone):
         self.layer3 = nn.Sequential(BasicBlock(widths[2], widths[3], se=se))
         self.layer4 = nn.Sequential(BasicBlock(widths[3], widths[4], se=se))
         self._set_output(arch, channels[-1], pool, image_size)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._init_weights("leaky_relu")
 
     def map_side(self, side: int) -> int:
         """Four 2×2 max-pools (floor): 84 → 5, 32 → 2."""

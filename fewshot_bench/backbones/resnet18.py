@@ -108,12 +108,7 @@ class ResNet18(FeatureBackbone):
             blocks = [BasicBlock(widths[k - 1], widths[k], stride), BasicBlock(widths[k], widths[k])]
             self.add_module(f"layer{k}", nn.Sequential(*blocks))
         self._set_output("resnet18", 512, pool, image_size)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._init_weights("relu")
 
     def map_side(self, side: int) -> int:
         """Each stride-2 stage maps s → ⌈s/2⌉: 5 of them with the paper stem, 3 with the small one;

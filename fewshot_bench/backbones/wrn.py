@@ -112,12 +112,7 @@ class WideResNet(FeatureBackbone):
         self.block3 = _Group(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self._set_output(arch, widths[3], pool, image_size)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):  # S2M2: N(0, 2 / (k·k·cout))
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self._init_weights("relu")  # S2M2: N(0, 2 / (k·k·cout))
 
     def map_side(self, side: int) -> int:
         """Strides 1, 2, 2 (3×3, pad 1 → ⌈s/2⌉): 84 → 21, 80 → 20, 32 → 8."""

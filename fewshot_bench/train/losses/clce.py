@@ -58,7 +58,7 @@ class CLCE(CEPlusContrastive):
 
 
 @register_loss
-class CLCENoHNM(CEPlusContrastive):
+class CLCENoHNM(CLCE):
     """CLCE without hard-negative mining (the paper's ablation): Eq. 4 with every ``w_ik = 1`` in Eq. 3.
 
     ``L = (1 - lam) * CE + lam * l``, ``l_i = -log[ 1/|P(i)| * sum_p exp(s_ip) / (sum_p exp(s_ip) +
@@ -68,9 +68,4 @@ class CLCENoHNM(CEPlusContrastive):
     name: ClassVar[str] = "clce-nohnm"
     description: ClassVar[str] = "CLCE ablation without hard-negative mining (all weights 1)"
     paper: ClassVar[str] = f"{CLCE_PAPER} (Eq. 4, ablation without HNM)"
-    term_class = LACLN
-    term_fixed: ClassVar[dict] = {"hard_negatives": False}
-
-    def __init__(self, lam: float = 0.9, temperature: float = 0.5) -> None:
-        self.lam = lam
-        self.temperature = temperature
+    term_fixed: ClassVar[dict] = {"hard_negatives": False}  # CLCE's parameters and defaults, every w_ik = 1
