@@ -10,7 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fewshot_bench"
 LEVELS = {
     "errors": 1, "registry": 1, "_io": 1, "safe_pickle": 1,
-    "stats": 2, "episodes": 2, "transforms": 2, "protocol": 2, "methods": 2, "distributed": 2,
+    "stats": 2, "episodes": 2, "transforms": 2, "protocol": 2, "preprocess": 2, "methods": 2, "distributed": 2,
     "data": 3, "backbones": 3,
     "features": 4, "evaluate": 4, "report": 4, "literature": 4, "plots": 4, "train": 4, "diagnose": 4,
     "benchmark": 5, "demo": 5, "studies": 5, "cli": 5, "__main__": 5, "__init__": 0,

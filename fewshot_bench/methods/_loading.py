@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..errors import ConfigError
+from ..preprocess import parse_preprocessing
 from ..registry import check_params_known, load_class_from_file, load_entry_points, split_file_spec
 from .base import METHODS, FewShotMethod, implements_scores
 
@@ -36,12 +37,22 @@ def get_method_class(name: str | type[FewShotMethod]) -> type[FewShotMethod]:
     return METHODS.get(name)
 
 
-def create(name: str | type[FewShotMethod], **params: Any) -> FewShotMethod:
-    """Build a method with its hyper-parameters; ``None`` values are dropped (keep the defaults)."""
+def create(name: str | type[FewShotMethod], *, preprocess: str | None = None, base_mean: Any = None,
+           **params: Any) -> FewShotMethod:
+    """Build a method with its hyper-parameters; ``None`` values are dropped (keep the defaults).
+
+    ``preprocess`` replaces the method's declared feature preprocessing chain (e.g. ``"l2n"``,
+    ``"power:0.5+cl2n"``, ``"none"``; see :mod:`fewshot_bench.preprocess`); ``base_mean (D,)`` is the
+    train split's mean feature, needed by chains with ``center``/``cl2n``.
+    """
     cls = get_method_class(name)
     params = {k: v for k, v in params.items() if v is not None}
     check_params_known("method", name, cls, params)
     method = cls(**params)
+    if preprocess is not None:
+        method.preprocess = parse_preprocessing(preprocess).spec  # bad chains fail here, not mid-run
+    if base_mean is not None:
+        method.base_mean = base_mean
     method._check_params()
     return method
 

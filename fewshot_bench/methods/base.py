@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MethodError
+from ..preprocess import Preprocessing, parse_preprocessing
 from ..registry import Registry, init_param_names
 
 __all__ = [
@@ -43,7 +44,11 @@ class FewShotMethod:
     ----------------
     name: registry name (``"protonet"``). description: one line. paper: citation + link.
     transductive: ``True`` if the scores of a query depend on the other queries of its episode.
-    needs_base_mean: ``True`` if the method takes ``base_mean`` (D,), the train split's mean feature.
+    preprocessing: the feature preprocessing chain its paper applies before the head (see
+        :mod:`fewshot_bench.preprocess`), e.g. ``"cl2n"``; :meth:`scores` applies it (or the
+        instance's ``preprocess`` when :func:`create` was given one) before :meth:`batch_scores`.
+    needs_base_mean: ``True`` if ``preprocessing`` needs ``base_mean`` (D,), the train split's mean
+        feature (derived from ``preprocessing``; do not set it by hand).
     nonfinite_propagates: ``True`` if any NaN/Inf input always yields a non-finite score, so the
         upfront NaN/Inf scan of the inputs can be skipped (the scores are checked instead).
     batch_invariant: ``True`` if an episode's scores do not depend on the other episodes of the
@@ -55,13 +60,23 @@ class FewShotMethod:
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     transductive: ClassVar[bool] = False
+    preprocessing: ClassVar[str] = "none"
     needs_base_mean: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
     batch_invariant: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.needs_base_mean = parse_preprocessing(cls.preprocessing).needs_base_mean
+
     # -- hyper-parameters -------------------------------------------------------------------
     def __init__(self) -> None:
         """Subclasses take hyper-parameters as keyword arguments and only store them."""
+
+    @property
+    def preprocess_chain(self) -> Preprocessing:
+        """The chain :meth:`scores` applies: the instance's ``preprocess`` if set, else the class's."""
+        return parse_preprocessing(getattr(self, "preprocess", None) or type(self).preprocessing)
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -87,14 +102,21 @@ class FewShotMethod:
         if not self.nonfinite_propagates:
             _check_finite(support, "support")
             _check_finite(query, "query")
+        raw = support, query
+        chain = self.preprocess_chain
+        if chain.steps:
+            base_mean = getattr(self, "base_mean", None)
+            if chain.needs_base_mean and base_mean is None:
+                raise MethodError(_needs_base_mean(self.name or type(self).__name__, chain.spec))
+            support, query = chain(support, base_mean), chain(query, base_mean)
         with torch.no_grad():
             out = torch.as_tensor(self.batch_scores(support, support_labels, query), device=support.device)
         expected = (query.shape[0], query.shape[1], int(support_labels.max()) + 1)
         if tuple(out.shape) != expected:
             raise MethodError(f"{self!r} returned scores of shape {tuple(out.shape)}, expected {expected}")
         if not bool(torch.isfinite(out).all()):
-            _check_finite(support, "support")
-            _check_finite(query, "query")
+            _check_finite(raw[0], "support")
+            _check_finite(raw[1], "query")
             raise MethodError(f"{self!r} produced non-finite scores on finite features; check its parameters")
         return out
 
@@ -236,6 +258,12 @@ def _check_labels(labels: torch.Tensor) -> None:
             f"episode {ep} has no support sample of class {c}; support_labels must use every "
             f"class 0..{high} in every episode ({len(missing)} (episode, class) pairs missing)"
         )
+
+
+def _needs_base_mean(name: str, spec: str) -> str:
+    return (f"{name} needs base_mean, the mean feature of the train split (D,), for its preprocessing "
+            f"{spec!r}; the CLI computes it from the train split's cached features, in Python pass "
+            f"create({name!r}, base_mean=train_features.mean(0))")
 
 
 def _check_finite(x: torch.Tensor, what: str) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MethodError
-from .base import FewShotMethod, class_means, neg_sq_euclidean, register_method
+from .base import FewShotMethod, _needs_base_mean, class_means, neg_sq_euclidean, register_method
 
 __all__ = ["SimpleShot"]
 
@@ -20,7 +19,8 @@ class SimpleShot(FewShotMethod):
     Yan Wang, Wei-Lun Chao, Kilian Q. Weinberger, Laurens van der Maaten. "SimpleShot: Revisiting
     Nearest-Neighbor Classification for Few-Shot Learning", 2019. https://arxiv.org/abs/1911.04623
 
-    Every feature ``x`` becomes ``(x - base_mean) / ||x - base_mean||``; prototype = mean of the
+    Preprocessing ``cl2n`` (applied by :meth:`scores`, see :mod:`fewshot_bench.preprocess`): every
+    feature ``x`` becomes ``(x - base_mean) / ||x - base_mean||``; prototype = mean of the
     transformed support features of a class (not re-normalised, as in the paper's code); score =
     ``-||q - c_n||^2``. ``base_mean (D,)`` is the mean feature of the train (base) split.
     support ``(E, N*K, D)``, support_labels ``(E, N*K)``, query ``(E, Q, D)`` -> ``(E, Q, N)``.
@@ -31,29 +31,17 @@ class SimpleShot(FewShotMethod):
     paper = "Wang et al., 2019, https://arxiv.org/abs/1911.04623"
     transductive = False
     batch_invariant = True
-    needs_base_mean = True
+    preprocessing = "cl2n"
     nonfinite_propagates = True
 
     def __init__(self, base_mean: Any = None) -> None:
         self.base_mean = base_mean
 
     def _check_params(self) -> None:
-        if self.base_mean is None:
-            raise MethodError(
-                "simpleshot needs base_mean, the mean feature of the train split (D,); the CLI "
-                "computes it from the train split's cached features, in Python pass "
-                "create('simpleshot', base_mean=train_features.mean(0))"
-            )
+        if self.base_mean is None and self.preprocess_chain.needs_base_mean:
+            raise MethodError(_needs_base_mean(self.name, self.preprocess_chain.spec))
 
     def batch_scores(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
     ) -> torch.Tensor:
-        mean = torch.as_tensor(self.base_mean).to(support)
-        if mean.shape != support.shape[-1:]:
-            raise MethodError(
-                f"base_mean has shape {tuple(mean.shape)} but support has {support.shape[-1]} "
-                "features; compute it from the train split of the same backbone"
-            )
-        support = F.normalize(support - mean, dim=-1)
-        query = F.normalize(query - mean, dim=-1)
         return neg_sq_euclidean(query, class_means(support, support_labels))
