@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._io import atomic_write, atomic_write_json, sha256_file
+from ._io import atomic_write, atomic_write_json, jsonable, sha256_file
 from .episodes import EpisodeSpec, resolve_episode_set
 from .errors import ConfigError
 from .evaluate import evaluate_episodes
 from .stats import mean_ci
 
 __all__ = ["EvalConfig", "ModelPlan", "RUN_FORMAT_VERSION", "RunResult", "check_load", "extract_all", "format_summary",
-           "plan_model", "preflight", "run_benchmark", "write_run"]
+           "method_chains", "plan_model", "preflight", "run_benchmark", "write_run"]
 
 RUN_FORMAT_VERSION = 1
 PER_EPISODE_COLUMNS = ["dataset", "split", "ways", "shots", "queries", "method", "episode", "accuracy"]
@@ -45,17 +45,23 @@ class EvalConfig:
     datasets: Sequence[str]
     data_root: str | None = None
     split: str = "test"
-    ways: int = 5
+    ways: int | Sequence[int] = (5,)  # one episode set per ways x shots
     shots: Sequence[int] = (1, 5)
     queries: int = 15
     episodes: int = 3000
     seed: int = 0
     methods: Sequence[str] = ("protonet",)
     method_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: feature preprocessing chain for every method (``--preprocess``, e.g. ``"l2n"``, ``"none"``);
+    #: ``None``: each method's declared chain (:mod:`fewshot_bench.preprocess`)
+    preprocess: str | None = None
     transform: str | None = None
     image_size: int | None = None
     cache_dir: str | None = None
     episodes_dir: str = "episodes"
+    #: episode files to evaluate on instead of drawing sets (``--episode-file``, e.g. from ``episodes import``);
+    #: each applies to the dataset and split it names, and its spec replaces ways/shots/queries/episodes/seed
+    episode_files: Sequence[str] = ()
     device: str | None = None
     batch_size: int = 256
     ci_method: str = "t"
@@ -73,6 +79,7 @@ class EvalConfig:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["shots"], d["datasets"], d["methods"] = list(self.shots), list(self.datasets), list(self.methods)
+        d["ways"], d["episode_files"] = list(_ints(self.ways)), [str(f) for f in self.episode_files]
         d["method_params"] = {k: dict(v) for k, v in self.method_params.items()}
         d["arch_kwargs"] = dict(self.arch_kwargs)
         return d
@@ -218,11 +225,8 @@ def preflight(cfg: EvalConfig, *, load_split: SplitLoader | None = None) -> Mode
     """Check what can fail before any run folder is written: the arch and protocol of ``cfg``
     (:meth:`EvalConfig.plan`), the methods, and that the checkpoint fits every dataset's model
     (a dry-run load, :func:`check_load`); returns the plan."""
-    from .methods import get_method_class
-
     plan = cfg.plan()
-    for name in cfg.methods:
-        get_method_class(name)
+    method_chains(cfg)  # unknown methods and bad --preprocess chains fail here
     load = load_split or _default_loader(cfg)
     for dataset in cfg.datasets:
         check_load(plan, load(dataset, cfg.split), allow_partial=cfg.allow_partial)
@@ -236,14 +240,25 @@ def extract_all(cfg: EvalConfig, *, load_split: SplitLoader | None = None) -> No
     is a collective that shards the images across ranks); then rank 0 alone runs
     :func:`run_benchmark`, which finds every array in the cache.
     """
-    from .methods import get_method_class
-
     plan = cfg.plan()
     load = load_split or _default_loader(cfg)
-    needs_base = any(getattr(get_method_class(name), "needs_base_mean", False) for name in cfg.methods)
+    needs_base = any(chain.needs_base_mean for chain in method_chains(cfg).values())
     for dataset in cfg.datasets:
         for split_name in dict.fromkeys((cfg.split, "train") if needs_base else (cfg.split,)):
             _features(cfg, plan, load(dataset, split_name))
+
+
+def method_chains(cfg: EvalConfig) -> dict[str, Any]:
+    """``{method: Preprocessing}``: the feature preprocessing each of ``cfg.methods`` uses --
+    ``cfg.preprocess`` for every method when given (``"none"`` turns it off), else the chain the
+    method declares (:attr:`~fewshot_bench.methods.FewShotMethod.preprocessing`). An unknown
+    method or a bad chain raises before any data is read."""
+    from .methods import get_method_class
+    from .preprocess import parse_preprocessing
+
+    forced = None if cfg.preprocess is None else parse_preprocessing(cfg.preprocess, what="--preprocess")
+    return {name: forced if forced is not None else parse_preprocessing(get_method_class(name).preprocessing)
+            for name in cfg.methods}
 
 
 def _features(cfg: EvalConfig, plan: ModelPlan, split: Any) -> np.ndarray:
@@ -255,6 +270,44 @@ def _features(cfg: EvalConfig, plan: ModelPlan, split: Any) -> np.ndarray:
                         allow_partial=cfg.allow_partial)
 
 
+def _ints(value: int | Sequence[int]) -> tuple[int, ...]:
+    """``5`` or ``(5, 10)`` -> a tuple of ints (``EvalConfig.ways`` takes either)."""
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
+def _episode_files(cfg: EvalConfig) -> list[Any]:
+    """The :class:`~fewshot_bench.episodes.EpisodeSet` of every ``--episode-file``, each for one of
+    ``cfg.datasets`` on ``cfg.split`` (refused otherwise)."""
+    from .episodes import EpisodeSet
+
+    sets = [EpisodeSet.load(Path(f)) for f in cfg.episode_files]
+    for eps in sets:
+        if eps.dataset not in cfg.datasets or eps.split != cfg.split:
+            raise ConfigError(f"--episode-file {eps.path} holds {eps.dataset}/{eps.split} episodes, but the run "
+                              f"evaluates {' '.join(cfg.datasets)} on {cfg.split}; add --dataset {eps.dataset} "
+                              f"--split {eps.split} or drop the file")
+    for dataset in cfg.datasets if sets else ():
+        if not any(eps.dataset == dataset for eps in sets):
+            raise ConfigError(f"--episode-file gives no episodes for --dataset {dataset}; add a file for it or "
+                              f"drop the dataset")
+    return sets
+
+
+def _episode_sets(cfg: EvalConfig, specs: Sequence[EpisodeSpec], split: Any, files: Sequence[Any]):
+    """``(spec, set, created)`` for every episode set evaluated on ``split``: the ``--episode-file``
+    sets of its dataset (checked against the data), else one per spec from ``cfg.episodes_dir`` or the
+    shipped files, drawn and written on first use (:func:`~fewshot_bench.episodes.resolve_episode_set`)."""
+    if files:
+        for eps in files:
+            if eps.dataset == split.dataset:
+                eps.check_compatible(split)
+                yield eps.spec, eps, False
+        return
+    for spec in specs:
+        eps, created = resolve_episode_set(spec, split, cfg.episodes_dir)
+        yield spec, eps, created
+
+
 def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
                   log: Callable[[str], None] = print) -> RunResult:
     """Evaluate ``cfg.methods`` on every dataset × shots of ``cfg`` and collect the results.
@@ -264,7 +317,6 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
     protocol) and notes such as newly written episode files.
     """
     from .methods import create as create_method
-    from .methods import get_method_class
 
     if cfg.ci_method not in ("t", "normal"):
         raise ConfigError(f"--ci must be 't' or 'normal', got {cfg.ci_method!r}")
@@ -273,14 +325,18 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
     if not cfg.methods:
         raise ConfigError("--methods needs at least one method name; see `fewshot-bench methods`")
     plan = cfg.plan()  # unknown arch / preset and contradicting flags fail before any data is decoded
-    specs = [EpisodeSpec(cfg.ways, k, cfg.queries, cfg.episodes, cfg.seed) for k in cfg.shots]
+    for flag, values in (("--ways", _ints(cfg.ways)), ("--shots", tuple(cfg.shots))):
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{flag} {' '.join(map(str, values))} lists a value twice; give distinct values")
+    specs = [EpisodeSpec(w, k, cfg.queries, cfg.episodes, cfg.seed) for w in _ints(cfg.ways) for k in cfg.shots]
+    episode_sets = _episode_files(cfg)  # --episode-file: read and checked before any data is decoded
     load = load_split or _default_loader(cfg)
-    method_classes = {name: get_method_class(name) for name in cfg.methods}  # unknown names fail here
-    unused = sorted(set(cfg.method_params) - set(method_classes))
+    chains = method_chains(cfg)  # unknown names and bad --preprocess chains fail here
+    unused = sorted(set(cfg.method_params) - set(chains))
     if unused:
         raise ConfigError(f"--param given for {', '.join(unused)}, which is not among --methods "
                           f"{' '.join(cfg.methods)}")
-    needs_base = {name for name, cls in method_classes.items() if getattr(cls, "needs_base_mean", False)}
+    needs_base = {name for name, chain in chains.items() if chain.needs_base_mean}
     checkpoint_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
     provenance = (f"checkpoint {cfg.checkpoint or 'none (random initialisation)'}"
                   + (f" sha256 {checkpoint_sha[:16]}…" if checkpoint_sha else "")
@@ -304,14 +360,17 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
         transforms_used[dataset] = {"name": protocol.transform.name, "key": protocol.transform.key}
         feats = _features(cfg, plan, split)
         feature_dims[dataset] = int(feats.shape[1])
-        base_mean = None
-        if needs_base:  # SimpleShot-style methods centre on the mean feature of the base (train) split
-            base_mean = np.asarray(_features(cfg, plan, load(dataset, "train")), dtype=np.float64).mean(0)
-        methods = {name: create_method(name, **dict(cfg.method_params.get(name, {})),
-                                       **({"base_mean": base_mean} if name in needs_base else {}))
+        base_means: dict[str, np.ndarray] = {}  # chain spec -> mu_base
+        if needs_base:  # centring chains (SimpleShot's CL2N) use the mean feature of the base (train) split only
+            base = _features(cfg, plan, load(dataset, "train"))
+            for name in sorted(needs_base):
+                if chains[name].spec not in base_means:
+                    base_means[chains[name].spec] = chains[name].base_mean_from(base)
+            del base
+        methods = {name: create_method(name, **dict(cfg.method_params.get(name, {})), preprocess=chains[name].spec,
+                                       base_mean=base_means.get(chains[name].spec))
                    for name in cfg.methods}
-        for spec in specs:
-            eps, created = resolve_episode_set(spec, split, cfg.episodes_dir)
+        for spec, eps, created in _episode_sets(cfg, specs, split, episode_sets):
             if created:
                 log(f"wrote episode file {eps.path} ({spec.n_episodes} episodes drawn with seed {spec.seed})")
             eps_sha = eps.sha256()
@@ -327,8 +386,10 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
                                             "shots": spec.shots, "queries": spec.queries, "method": name,
                                             "episode": np.arange(len(acc)), "accuracy": acc}))
                 params = {k: v for k, v in getattr(method, "params", {}).items() if k != "base_mean"}
+                chain = method.preprocess_chain
                 results.append({"dataset": dataset, "split": cfg.split, "ways": spec.ways, "shots": spec.shots,
-                                "queries": spec.queries, "method": name, "method_params": _plain(params),
+                                "queries": spec.queries, "method": name, "method_params": jsonable(params),
+                                "preprocess": chain.spec, "preprocess_description": chain.describe(),
                                 "transductive": bool(getattr(method, "transductive", False)),
                                 "mean": ci.mean, "std": ci.std, "ci95": ci.ci, "ci_method": ci.method,
                                 "n_episodes": ci.n, "episodes_sha256": eps_sha})
@@ -340,9 +401,9 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
         "config": cfg.to_json(),
         "transforms": transforms_used,
         "checkpoint": {"path": cfg.checkpoint, "sha256": checkpoint_sha, "arch": plan.arch,
-                       "arch_kwargs": _plain(dict(plan.arch_kwargs)), "preset": plan.preset,
+                       "arch_kwargs": jsonable(dict(plan.arch_kwargs)), "preset": plan.preset,
                        "format": next((r.get("format") for r in load_reports.values()), None),
-                       "load_report": next(iter(load_reports.values()), None), "meta": _plain(dict(plan.meta))},
+                       "load_report": next(iter(load_reports.values()), None), "meta": jsonable(dict(plan.meta))},
         "protocols": {d: {**p.to_json(), "feature_dim": feature_dims[d]} for d, p in plan.protocols.items()},
         "packages": package_versions(),
         "episode_files": episode_files,
@@ -351,33 +412,22 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
     return RunResult(pd.concat(frames, ignore_index=True)[PER_EPISODE_COLUMNS], summary)
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-friendly copy (numpy scalars/arrays to Python)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return obj
-
-
 def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
     """One row per dataset × split × shots × method with mean/ci95/std in percent."""
     df = pd.DataFrame(summary["results"])
     cols = ["dataset", "split", "ways", "shots", "queries", "method", "mean", "ci95", "std", "n_episodes",
-            "ci_method", "transductive"]
-    return df[cols]
+            "ci_method", "transductive", "preprocess"]
+    return df.reindex(columns=cols)  # "preprocess" is absent from runs written before it was recorded
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """Readable table: accuracy in percent as ``mean ± ci95``."""
+    """Readable table: accuracy in percent as ``mean ± ci95``, rounded as every report rounds
+    (:func:`fewshot_bench.report.pct`)."""
+    from .report import fmt_pct
+
     df = summary_frame(summary).copy()
-    df["accuracy (%)"] = [f"{100 * m:.2f} ± {100 * c:.2f}" for m, c in zip(df["mean"], df["ci95"])]
+    df["accuracy (%)"] = [fmt_pct(m, float("nan") if c is None else c, pm=" ± ")
+                          for m, c in zip(df["mean"], df["ci95"])]
     df["task"] = [f"{w}-way {k}-shot" for w, k in zip(df["ways"], df["shots"])]
     out = df[["dataset", "split", "task", "method", "accuracy (%)", "n_episodes"]]
     out = out.rename(columns={"n_episodes": "episodes"})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ConfigError, EpisodeError, FewshotBenchError
+from .errors import ConfigError, FewshotBenchError, int_arg
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +38,32 @@ Run `fewshot-bench COMMAND --help` for the flags of one command.
 """
 
 
+#: ``--help`` epilog of each command without an example in its description (tests/test_readme.py checks
+#: that every command's help shows at least one invocation of itself)
+_EXAMPLES = {
+    "demo": "example:\n  fewshot-bench demo --out reports/demo        # ~10 epochs x 2 losses on CPU, then 2 x 3,000 episodes",
+    "datasets": "examples:\n  fewshot-bench datasets                        # benchmarks, splits, class counts, layouts\n"
+                "  fewshot-bench datasets --data-root ~/data     # ... and what is found where",
+    "episodes": "examples:\n"
+                "  fewshot-bench episodes --dataset cifar-fs --split val test --shots 1 5\n"
+                "  fewshot-bench episodes --dataset image-folder --data-root ~/data/birds --ways 5 10 --out-dir episodes\n"
+                "  fewshot-bench episodes import runs.csv --dataset image-folder --data-root ~/data/birds --out runs.episodes.zip\n"
+                "  fewshot-bench episodes export runs.episodes.zip --format json --by index --out runs.json",
+    "extract": "example:\n  fewshot-bench extract --checkpoint ckpt.pt --arch resnet12 --dataset cifar-fs --data-root ~/data \\\n"
+               "      --split train test",
+    "methods": "example:\n  fewshot-bench methods --json",
+    "losses": "example:\n  fewshot-bench losses",
+    "archs": "example:\n  fewshot-bench archs --json",
+    "prepare": "example:\n  fewshot-bench prepare cifar-fs --cifar100 ~/data/cifar-100-python --out ~/data/CIFAR-FS",
+    "compare": "example:\n  fewshot-bench compare reports/ce reports/clce --baseline reports/ce --out reports/compare.json",
+    "table": "example:\n  fewshot-bench table reports/ce reports/clce --format latex --baseline reports/ce \\\n"
+             "      --label reports/clce=\"ResNet-12 + CLCE\" --out reports/table1.tex",
+    "plot": "example:\n  fewshot-bench plot reports/ce reports/clce --out reports/plots",
+    "diagnose": "example:\n  fewshot-bench diagnose --checkpoint ckpt.pt --arch resnet12 --dataset cifar-fs --data-root ~/data \\\n"
+                "      --out reports/diag",
+}
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's layout; appends a flag's default where it says something."""
 
@@ -50,23 +76,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse ``type`` accepting integers >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "positive")
-_nonneg_int = _int_at_least(0, "non-negative")
+_positive_int = int_arg(1, "positive")  # argparse types; the rule is errors.check_int's
+_nonneg_int = int_arg(0, "non-negative")
 
 
 def _parse_value(text: str) -> Any:
@@ -86,6 +97,19 @@ def _method_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"--param {item!r} is not METHOD.NAME=VALUE, e.g. --param logistic.C=0.5")
         out.setdefault(method, {})[param] = _parse_value(value)
     return out
+
+
+def _preprocess_arg(text: str | None) -> str | None:
+    """``--preprocess``: ``None`` (each method's declared chain) or the canonical spec of a valid chain;
+    a bad chain fails here, before any data is decoded."""
+    from .preprocess import parse_preprocessing
+
+    return None if text is None else parse_preprocessing(text, what="--preprocess").spec
+
+
+_PREPROCESS_HELP = ("feature preprocessing for every method, steps joined by '+': none, l2n, center, cl2n, "
+                    "power[:BETA] (e.g. l2n, power:0.5+cl2n); centring uses the train split's mean feature "
+                    "(default: each method's own chain, see `fewshot-bench methods`)")
 
 
 # --------------------------------------------------------------------------- shared flags
@@ -145,11 +169,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--contrast-on", default=None, choices=["encoder", "projection"],
                    help="where the contrastive term acts: the backbone's embedding (the CLCE paper; the default) or "
                         "a projection head (SupCon); recorded in the checkpoint")
-    p.add_argument("--epochs", type=_positive_int, required=True)
+    p.add_argument("--epochs", type=_positive_int, required=True, help="passes over the train split")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="images per step (default: 64)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (after warm-up; cosine decay per step)")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"], help="AdamW or SGD with --momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay on every parameter")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--warmup-epochs", type=_nonneg_int, default=0, help="linear warm-up before the cosine decay")
     p.add_argument("--embed-dim", type=_positive_int, default=None,
@@ -164,7 +188,7 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None, metavar="PATH",
                    help="start from these weights (.safetensors or a .pt state dict), loaded strictly; a timm "
                         "model's pretrained_cfg sets the input size and normalisation unless --transform/--image-size")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p._option_string_actions["--image-size"].help = (
         "train at PX x PX: the input transform resizes to it (no crop) and the checkpoint records it; "
         "image folders are also decoded at this size (default: the transform's / data's native size)")
@@ -190,8 +214,12 @@ def _training_kwargs(args: argparse.Namespace, losses: list[str]) -> dict[str, A
     return {k: v for k, v in kw.items() if v is not None}
 
 
-def _add_episode_flags(p: argparse.ArgumentParser, *, episodes_dir: bool = True) -> None:
-    p.add_argument("--ways", type=_positive_int, default=5, metavar="N", help="classes per episode")
+def _add_episode_flags(p: argparse.ArgumentParser, *, episodes_dir: bool = True, many_ways: bool = True) -> None:
+    if many_ways:
+        p.add_argument("--ways", type=_positive_int, nargs="+", default=[5], metavar="N",
+                       help="classes per episode (one episode set per value and --shots value, e.g. --ways 5 10)")
+    else:
+        p.add_argument("--ways", type=_positive_int, default=5, metavar="N", help="classes per episode")
     p.add_argument("--shots", type=_positive_int, nargs="+", default=[1, 5], metavar="K",
                    help="support images per class (one episode set per value)")
     p.add_argument("--queries", type=_positive_int, default=15, metavar="Q", help="query images per class")
@@ -199,7 +227,8 @@ def _add_episode_flags(p: argparse.ArgumentParser, *, episodes_dir: bool = True)
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the episode sampler")
     if episodes_dir:
         p.add_argument("--episodes-dir", default="episodes", metavar="DIR",
-                       help="where episode files are read from, and written on first use")
+                       help="where episode files are read from, and written on first use (the shipped canonical "
+                            "sets inside the package are used when DIR has no file for the data)")
 
 
 def _checkpoint_arg(text: str) -> str | None:
@@ -304,12 +333,14 @@ def _run_dirs(out: str, checkpoints: list[str | None]) -> list[Path]:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .benchmark import extract_all, format_summary, run_benchmark, write_run
 
+    preprocess = _preprocess_arg(args.preprocess)
     checkpoints = [_checkpoint_arg(c) for c in args.checkpoint]
     dirs = _run_dirs(args.out, checkpoints)
     log = functools.partial(print, file=sys.stderr)
-    configs = [_eval_config(args, c, split=args.split, ways=args.ways, shots=tuple(args.shots),
+    configs = [_eval_config(args, c, split=args.split, ways=tuple(args.ways), shots=tuple(args.shots),
                             queries=args.queries, episodes=args.episodes, seed=args.seed, methods=args.methods,
-                            method_params=_method_params(args.param), episodes_dir=args.episodes_dir,
+                            method_params=_method_params(args.param), preprocess=preprocess,
+                            episodes_dir=args.episodes_dir, episode_files=tuple(args.episode_file or ()),
                             ci_method=args.ci) for c in checkpoints]
     for out in dirs:
         _check_out_folder(out)
@@ -348,11 +379,23 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_episodes(args: argparse.Namespace) -> int:
-    from .episodes import EpisodeSet, EpisodeSpec, default_filename
+def _write_episodes(eps, path: Path, force: bool) -> str:
+    """Save ``eps`` to ``path`` (refused if it holds other episodes, unless ``force``); say what happened."""
+    existed = path.is_file()
+    same = existed and path.read_bytes() == eps.to_bytes()
+    eps.save(path, force=force)
+    return "unchanged" if same else ("replaced" if existed else "wrote")
 
+
+def cmd_episodes(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+    from .episodes import EpisodeSet, EpisodeSpec
+
+    if not args.dataset:
+        raise ConfigError("episodes needs --dataset NAME to draw sets, or an action: `episodes import SRC ...`, "
+                          "`episodes export FILE ...` (see `fewshot-bench episodes --help`)")
     out_dir = Path(args.out_dir)
-    for dataset in args.dataset:
+    for dataset in (DATASETS.get(d).name for d in args.dataset):
         for split_name in args.split:
             if args.data_root:
                 from .data import load_split
@@ -364,17 +407,87 @@ def cmd_episodes(args: argparse.Namespace) -> int:
                 from .data import class_structure
 
                 structure = class_structure(dataset, split_name)  # (names, sizes) or error
-            for shots in args.shots:
-                spec = EpisodeSpec(args.ways, shots, args.queries, args.episodes, args.seed)
-                if structure is None:
-                    eps = EpisodeSet.from_split(spec, split)
-                else:
-                    names, sizes = structure
-                    eps = EpisodeSet.draw(spec, dataset=dataset, split=split_name, class_names=names,
-                                          class_sizes=sizes)
-                path = eps.save(out_dir / default_filename(dataset, split_name, spec))
-                bound = "bound to the data's fingerprint" if eps.data_fingerprint else "from the class structure"
-                print(f"{path}  sha256={eps.sha256()[:16]}  ({bound})")
+            for ways in args.ways:
+                for shots in args.shots:
+                    spec = EpisodeSpec(ways, shots, args.queries, args.episodes, args.seed)
+                    if structure is None:
+                        eps = EpisodeSet.from_split(spec, split)
+                    else:
+                        names, sizes = structure
+                        eps = EpisodeSet.draw(spec, dataset=dataset, split=split_name, class_names=names,
+                                              class_sizes=sizes)
+                    path = out_dir / eps.filename
+                    done = _write_episodes(eps, path, args.force)
+                    bound = ("bound to the data's fingerprint" if eps.data_fingerprint
+                             else "from the class structure")
+                    print(f"{done} {path}  sha256={eps.sha256()[:16]}  ({bound})")
+    return 0
+
+
+def cmd_episodes_import(args: argparse.Namespace) -> int:
+    from ._io import sha256_file
+    from .data import DATASETS, normalize_split
+    from .episodes import episodes_from_list, read_episode_list
+
+    dataset, split_name, src = DATASETS.get(args.dataset).name, normalize_split(args.split), Path(args.src)
+    entries = read_episode_list(src)
+    by_name, resolve, fingerprint = isinstance(entries[0].ref, str), None, None
+    if args.data_root:
+        from .data import load_split, split_files
+
+        if by_name:
+            files = split_files(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
+                                image_size=args.image_size, progress=_progress())
+            split, resolve = files.split, files.resolve
+        else:
+            split = load_split(dataset, split_name, args.data_root, cache_dir=args.cache_dir,
+                               image_size=args.image_size, progress=_progress())
+        names, sizes, fingerprint = split.class_names, split.class_sizes, split.fingerprint
+    elif by_name:
+        raise ConfigError(f"{src} names image files; pass --data-root DIR so they can be found")
+    else:
+        from .data import class_structure
+
+        names, sizes = class_structure(dataset, split_name)  # (names, sizes), or an error asking for --data-root
+    eps = episodes_from_list(entries, dataset=dataset, split=split_name, class_names=names, class_sizes=sizes,
+                             data_fingerprint=fingerprint, resolve=resolve, where=str(src),
+                             origin={"file": src.name, "sha256": sha256_file(src)})
+    out = Path(args.out)
+    done = _write_episodes(eps, out, args.force)
+    s = eps.spec
+    bound = "bound to the data's fingerprint" if fingerprint else "from the class structure"
+    print(f"{done} {out}  {s.n_episodes} episodes, {s.ways}-way {s.shots}-shot {s.queries}-query, "
+          f"sha256={eps.sha256()[:16]}  ({bound})")
+    print(f"evaluate on it: fewshot-bench eval ... --dataset {dataset} --split {split_name} --episode-file {out}")
+    return 0
+
+
+def cmd_episodes_export(args: argparse.Namespace) -> int:
+    from ._io import atomic_write
+    from .episodes import EpisodeSet, export_episode_list
+
+    eps = EpisodeSet.load(Path(args.file))
+    name_of = None
+    if args.by == "name":
+        if not args.data_root:
+            raise ConfigError(f"--by name needs --data-root DIR holding the {eps.dataset} {eps.split} images; "
+                              "or use --by index")
+        from .data import split_files
+
+        files = split_files(eps.dataset, eps.split, args.data_root, cache_dir=args.cache_dir,
+                            image_size=args.image_size, progress=_progress())
+        eps.check_compatible(files.split)
+        name_of = files.name_of
+    text = export_episode_list(eps, args.format, by=args.by, name_of=name_of)
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.out)
+    if out.exists() and not args.force and not (out.is_file() and out.read_text() == text):
+        raise ConfigError(f"--out {out} already exists; add --force to replace it, or choose another file name")
+    with atomic_write(out, "w") as f:
+        f.write(text)
+    print(f"wrote {out}  ({eps.spec.n_episodes} episodes by {args.by}, {args.format})")
     return 0
 
 
@@ -425,6 +538,7 @@ class _FinetuneFormatter(_Formatter):
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .data import load_split
     from .train import finetune_seeds
+    from .train.log import format_record
 
     if args.seed is not None and args.seeds is not None:
         raise ConfigError("give --seed S or --seeds S [S ...], not both")
@@ -447,7 +561,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         split, args.arch, seeds=seeds, out=Path(args.out), log_file=args.log, loss=args.loss,
         **kwargs, device=args.device, resume=args.resume,
         val_split=val_split, val_every=args.val_every, val_episodes=args.val_episodes, val_ways=args.val_ways,
-        val_shots=args.val_shots, val_queries=args.val_queries, keep=args.keep, progress=_progress())
+        val_shots=args.val_shots, val_queries=args.val_queries, keep=args.keep, progress=_progress(),
+        log=lambda record: print(format_record(record), file=sys.stderr, flush=True))  # one line per epoch
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         for path in paths:
             print(f"wrote {path}")
@@ -466,7 +581,7 @@ def _study(args: argparse.Namespace, *, sweep: str | None = None):
                  finetune={k: v for k, v in ft.items() if v is not None}, sweep=sweep,
                  values=getattr(args, "values", None) or (), shots=tuple(args.shots), ways=args.ways,
                  queries=args.queries, episodes=args.episodes, episode_seed=args.seed, methods=args.methods,
-                 aggregate=args.aggregate)
+                 preprocess=_preprocess_arg(args.preprocess), aggregate=args.aggregate)
 
 
 def _run_study(args: argparse.Namespace, study) -> int:
@@ -514,7 +629,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     df = pd.DataFrame(rows)
     df["kind"] = ["transductive" if t else "inductive" for t in df["transductive"]]
     with pd.option_context("display.max_colwidth", 70, "display.width", 200):
-        print(df[["name", "kind", "description", "paper"]].to_string(index=False))
+        print(df[["name", "kind", "preprocessing", "description", "paper"]].to_string(index=False))
     return 0
 
 
@@ -566,13 +681,14 @@ def _row_labels_arg(items: list[str] | None) -> dict[str, str]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare, format_compare, load_run, write_compare_json
+    from .report import compare, find_runs, format_compare, load_run, write_compare_json
 
-    runs = [load_run(p) for p in args.runs]
+    paths = find_runs(args.runs)
+    runs = [load_run(p) for p in paths]
     baseline = load_run(args.baseline) if args.baseline else None
     df = compare(runs, baseline=baseline, labels=_row_labels_arg(args.label), aggregate=args.aggregate)
-    print(format_compare(df))
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "compare.json"
+    print(format_compare(df))  # ends with one "skipped: ..." line per comparison it could not make
+    out = Path(args.out) if args.out else paths[0] / "compare.json"
     write_compare_json(df, out)
     print(f"wrote {out}")
     return 0
@@ -580,36 +696,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     from ._io import atomic_write
-    from .report import load_run, make_table
+    from .report import TABLE_EXTENSIONS, find_runs, load_run, make_tables
 
+    if args.out and args.out_dir:
+        raise ConfigError("--out and --out-dir: give one; --out FILE (or PREFIX with several --format), "
+                          "--out-dir DIR for DIR/table.<ext>")
+    formats = args.format or (list(TABLE_EXTENSIONS) if args.out_dir else ["latex"])
     labels = _row_labels_arg(args.label)
-    runs = [load_run(p) for p in args.runs]
+    runs = [load_run(p) for p in find_runs(args.runs)]
     baseline = load_run(args.baseline) if args.baseline else None
-    text = make_table(runs, fmt=args.format, baseline=baseline, labels=labels, caption=args.caption,
-                      aggregate=args.aggregate, with_literature=args.with_literature)
-    if args.out:
-        with atomic_write(args.out, "w") as f:
-            f.write(text)
-        print(f"wrote {args.out}")
+    texts = make_tables(runs, formats, baseline=baseline, labels=labels, caption=args.caption,
+                        aggregate=args.aggregate, with_literature=args.with_literature, methods=args.methods,
+                        datasets=args.datasets)
+    if len(texts) > 1 and not (args.out or args.out_dir):
+        raise ConfigError(f"--format {' '.join(formats)}: several formats need --out PREFIX (PREFIX.tex, "
+                          "PREFIX.md, ...) or --out-dir DIR (DIR/table.tex, ...)")
+    if args.out_dir or len(texts) > 1:
+        prefix = Path(args.out_dir) / "table" if args.out_dir else Path(args.out)
+        outputs = {prefix.with_name(f"{prefix.name}.{TABLE_EXTENSIONS[f]}"): text for f, text in texts.items()}
+    elif args.out:
+        outputs = {Path(args.out): next(iter(texts.values()))}
     else:
-        print(text)
+        print(next(iter(texts.values())))
+        return 0
+    for path, text in outputs.items():
+        with atomic_write(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_accuracy, plot_paired_differences
-    from .report import load_run
+    from .plots import plot_runs
+    from .report import find_runs, load_run
 
-    runs = [load_run(p) for p in args.runs]
+    runs = [load_run(p) for p in find_runs(args.runs)]
+    baseline = load_run(args.baseline) if args.baseline else None
     out = Path(args.out)
-    paths = list(plot_accuracy(runs, out))
-    for path_b, other in zip(args.runs[1:], runs[1:]):
-        try:
-            paths += list(plot_paired_differences(runs[0], other, out))
-        except EpisodeError as exc:
-            print(f"skipped paired differences {args.runs[0]} vs {path_b}: {exc}", file=sys.stderr)
-    for p in paths:
+    doc = plot_runs(runs, out, baseline=baseline, labels=_row_labels_arg(args.label))
+    for p in [*doc["files"], out / "plots.json"]:
         print(f"wrote {p}")
+    for skip in doc["skipped"]:
+        print(f"skipped: {skip['message']}")
     return 0
 
 
@@ -656,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter)
+        p = sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter,
+                           epilog=_EXAMPLES.get(name))
         p.set_defaults(func=func)
         return p
 
@@ -681,10 +810,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
     _add_episode_flags(p)
+    p.add_argument("--episode-file", nargs="+", default=None, metavar="FILE",
+                   help="evaluate on these episode files (e.g. from `episodes import`) instead of drawn sets; "
+                        "each names its dataset and split, and its ways/shots/queries/episodes replace those flags")
     p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD",
                    help="few-shot heads (see `fewshot-bench methods`), or path/to/file.py:ClassName")
     p.add_argument("--param", action="append", metavar="METHOD.NAME=VALUE",
                    help="method hyper-parameter, repeatable, e.g. --param logistic.C=0.5")
+    p.add_argument("--preprocess", default=None, metavar="SPEC", help=_PREPROCESS_HELP)
     p.add_argument("--ci", default="t", choices=["t", "normal"], help="confidence interval: Student t or normal")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write, e.g. reports/my-run")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
@@ -692,21 +825,89 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("datasets", cmd_datasets, "list supported benchmarks and the layouts found under a data root")
     p.add_argument("--data-root", default=None, metavar="DIR", help="show what is found under DIR")
 
-    p = add("episodes", cmd_episodes, "write fixed episode files",
-            "Draw episode sets and save them as files. With --data-root the set is drawn from the data and "
-            "bound to its fingerprint; without it, from the benchmark's known class structure.")
-    p.add_argument("--dataset", nargs="+", required=True, metavar="NAME")
-    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"])
-    p.add_argument("--data-root", default=None, metavar="DIR")
-    p.add_argument("--image-size", type=_positive_int, default=None, metavar="PX")
-    p.add_argument("--cache-dir", default=None, metavar="DIR")
+    p = add("episodes", cmd_episodes, "draw, import and export fixed episode files",
+            "Draw episode sets and save them as files, one per split x ways x shots. With --data-root a set is "
+            "drawn from the data and bound to its fingerprint (file name "
+            "DATASET_SPLIT_data-<fingerprint>_5w1s15q_3000ep_seed0.episodes.zip); without it, from the "
+            "benchmark's known class structure (DATASET_SPLIT_classes-<structure hash>_...). A file that holds "
+            "other episodes is only replaced with --force. `episodes import` turns a published episode list "
+            "(CSV/JSON of file names or indices) into an episode file; `episodes export` writes one as a list.")
+    p.add_argument("--dataset", nargs="+", default=None, metavar="NAME",
+                   help="benchmark name(s) to draw sets for (see `fewshot-bench datasets`)")
+    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"],
+                   help="split(s) to draw from")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="draw from this copy of the data and bind the files to its fingerprint (needed for "
+                        "tieredimagenet and image-folder; default: the benchmark's known class structure)")
+    p.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
+                   help="side image folders are decoded at; use the one eval will use, the fingerprint depends on it")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache for decoded arrays (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
     _add_episode_flags(p, episodes_dir=False)
-    p.add_argument("--out-dir", default="episodes", metavar="DIR", help="folder to write the files into")
+    p.add_argument("--out-dir", default="episodes", metavar="DIR",
+                   help="folder to write the files into (eval reads --episodes-dir, default episodes)")
+    p.add_argument("--force", action="store_true", help="replace existing files that hold other episodes")
+    actions = p.add_subparsers(dest="episodes_action", metavar="ACTION", required=False,
+                               title="actions (instead of drawing)")
+
+    q = actions.add_parser(
+        "import", formatter_class=_Formatter, help="turn a CSV/JSON episode list into an episode file",
+        description="Read an episode list -- file names (e.g. a paper's published one-shot runs) or (class, "
+                    "position) indices -- check every row against the data and write an episode file that "
+                    "`eval --episode-file` uses. CSV: header episode,role,class,file or episode,role,class,position, "
+                    "one row per image, role support or query (class is optional with file). JSON: "
+                    '{"episodes": [{"classes": [...], "support": [[...], ...], "query": [[...], ...]}]}. '
+                    "Classes take the episode labels 0..N-1 in order of first appearance. A file name is its path "
+                    "under --data-root or any unique end of it (e.g. cat/img01.png). Refused, naming the row: "
+                    "unknown files or classes, a file of another class, an image in both support and query, "
+                    "episodes with other numbers of classes, classes with other numbers of shots or queries.",
+        epilog="examples:\n"
+               "  fewshot-bench episodes import runs.csv --dataset image-folder --data-root ~/data/birds \\\n"
+               "      --out episodes/birds-published.episodes.zip\n"
+               "  fewshot-bench eval --checkpoint ckpt.pt --dataset image-folder --data-root ~/data/birds \\\n"
+               "      --episode-file episodes/birds-published.episodes.zip --out reports/birds")
+    q.set_defaults(func=cmd_episodes_import)
+    q.add_argument("src", metavar="SRC", help="the episode list, a .csv or .json file")
+    q.add_argument("--dataset", required=True, metavar="NAME", help="benchmark the list is for")
+    q.add_argument("--split", default="test", choices=["train", "val", "test"], help="split the list is for")
+    q.add_argument("--data-root", default=None, metavar="DIR",
+                   help="the data the list refers to (needed for file names; binds the file to its fingerprint); "
+                        "a list by index of a benchmark with a known class structure needs none")
+    q.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
+                   help="side image folders are decoded at; use the one eval will use (positions depend on it)")
+    q.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache for decoded arrays (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
+    q.add_argument("--out", required=True, metavar="FILE", help="episode file to write (.episodes.zip)")
+    q.add_argument("--force", action="store_true", help="replace --out if it holds other episodes")
+
+    q = actions.add_parser(
+        "export", formatter_class=_Formatter, help="write an episode file as a CSV/JSON episode list",
+        description="Write the episodes of FILE as a list other code can read: one CSV row per image "
+                    "(episode,role,class,position or episode,role,class,file) or one JSON object per episode. "
+                    "--by index needs no data; --by name names each image by its path under --data-root. "
+                    "`episodes import` reads the list back into the same episodes.",
+        epilog="examples:\n"
+               "  fewshot-bench episodes export episodes/x.episodes.zip --format csv --by index --out x.csv\n"
+               "  fewshot-bench episodes export episodes/x.episodes.zip --format json --by name \\\n"
+               "      --data-root ~/data/birds --out x.json")
+    q.set_defaults(func=cmd_episodes_export)
+    q.add_argument("file", metavar="FILE", help="the episode file (.episodes.zip) to export")
+    q.add_argument("--format", default="csv", choices=["csv", "json"], help="list format")
+    q.add_argument("--by", default="index", choices=["index", "name"],
+                   help="address images by (class, position) index or by file name (needs --data-root)")
+    q.add_argument("--data-root", default=None, metavar="DIR", help="the data, for --by name")
+    q.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
+                   help="side image folders are decoded at, for --by name (as when the file was made)")
+    q.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="cache for decoded arrays (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
+    q.add_argument("--out", default=None, metavar="FILE", help="file to write (default: print the list)")
+    q.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     p = add("extract", cmd_extract, "fill the feature cache only (no evaluation)")
     _add_model_flags(p)
     _add_data_flags(p)
-    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"])
+    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"],
+                   help="split(s) to extract features of")
     p.add_argument("--seed", type=_nonneg_int, default=0,
                    help="initialisation seed of --checkpoint none (as eval's --seed, so extract fills what eval reads)")
 
@@ -752,11 +953,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[0, 1, 2], metavar="S",
                        help="fine-tuning seeds (one initialisation each; rows show the median over them)")
         _add_training_flags(p)
-        _add_episode_flags(p)
-        p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD")
+        _add_episode_flags(p, many_ways=False)  # a study's table has one ways column
+        p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD",
+                       help="few-shot heads every checkpoint is evaluated with (see `fewshot-bench methods`)")
+        p.add_argument("--preprocess", default=None, metavar="SPEC", help=_PREPROCESS_HELP)
         p.add_argument("--aggregate", default="median", choices=["median", "mean"],
                        help="over seeds: median (the paper's rule) or mean of the per-seed means")
-        p.add_argument("--out", required=True, metavar="DIR")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="study folder: checkpoints/, runs/, table.*, compare.json, study.json")
 
     p = add("reproduce", cmd_reproduce, "the CLCE paper's Table 1: losses × seeds × datasets, fine-tuned and evaluated",
             "Fine-tune ARCH with every loss and seed on each dataset's train split, evaluate every checkpoint on "
@@ -782,9 +986,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("prepare", cmd_prepare, "build CIFAR-FS or FC100 from the official CIFAR-100 files",
             "Merge CIFAR-100's train and test sets (600 images per class) and write the benchmark as "
             "MetaOptNet-format pickles, which `eval --data-root OUT` then reads.")
-    p.add_argument("benchmark", choices=["cifar-fs", "fc100"])
+    p.add_argument("benchmark", choices=["cifar-fs", "fc100"], help="the benchmark to build")
     p.add_argument("--cifar100", required=True, metavar="DIR", help="the extracted cifar-100-python folder")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the benchmark's pickles into")
 
     p = add("methods", cmd_methods, "list the few-shot methods (built-in and plug-ins)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -799,7 +1003,7 @@ def build_parser() -> argparse.ArgumentParser:
             "For every dataset × shots × method the runs share: mean difference with its CI, paired t and "
             "Wilcoxon p-values (Holm-adjusted), verdicts at α = 0.01 and 0.05. Runs of one configuration that "
             "differ only in the fine-tuning seed form one row and are compared seed by seed. Writes compare.json.")
-    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or glob patterns (quoted or not)")
     p.add_argument("--baseline", default=None, metavar="RUN",
                    help="compare every row against the row of this run")
     p.add_argument("--label", action="append", metavar="RUN=TEXT",
@@ -808,33 +1012,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="summary over the seed pairs of a row pair (default: median)")
     p.add_argument("--out", default=None, metavar="FILE", help="JSON output (default: RUN_A/compare.json)")
 
-    p = add("table", cmd_table, "result table (LaTeX/Markdown/CSV) in the layout of the CLCE paper's Table 1")
-    p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--format", default="latex", choices=["latex", "markdown", "csv", "csv-long", "json"],
-                   help="csv: the table as printed; csv-long/json: one record per cell with every number")
+    p = add("table", cmd_table, "result table (LaTeX/Markdown/CSV/JSON) in the layout of the CLCE paper's Table 1")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or glob patterns (quoted or not)")
+    p.add_argument("--format", nargs="+", default=None,
+                   choices=["latex", "markdown", "md", "csv", "csv-long", "json"],
+                   help="one or more; csv: the table as printed; csv-long/json: one record per cell with every "
+                        "number (default: latex; every format with --out-dir)")
     p.add_argument("--baseline", default=None, metavar="RUN",
-                   help="mark rows that beat the row of this run in every seed pair (paired t-test)")
-    p.add_argument("--label", action="append", metavar="RUN=TEXT",
-                   help="row label for a run, repeatable; one label for several runs makes them seeds of one row")
+                   help="mark cells above (†) or below (‡) the row of this run: paired t-tests on identical "
+                        "episodes, seed pair by seed pair, Holm-adjusted over the table")
+    p.add_argument("--label", action="append", metavar="OLD=NEW",
+                   help="repeatable; RUN=TEXT: row label for a run (one label for several runs makes them seeds "
+                        "of one row); DATASET=TEXT or METHOD=TEXT: print that dataset or method as TEXT")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="only these methods, rows in this order")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="DATASET",
+                   help="only these datasets, columns in this order")
     p.add_argument("--aggregate", default="median", choices=["median", "mean"],
                    help="a row's cell over its fine-tuning seeds: median (default, the paper's) or mean of the "
                         "per-seed means")
     p.add_argument("--with-literature", nargs="?", const="clce2024_table1", default=None, metavar="SOURCE",
                    help="append published rows, marked (reported): a bundled source (default clce2024_table1) "
                         "or a literature CSV")
-    p.add_argument("--caption", default=None)
-    p.add_argument("--out", default=None, metavar="FILE")
+    p.add_argument("--caption", default=None, help="caption text before the protocol (not escaped in LaTeX)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="output file; with several --format a prefix: PREFIX.tex, .md, .csv, .long.csv, .json")
+    p.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="write DIR/table.tex, table.md, table.csv, table.long.csv, table.json (or the --format ones)")
 
-    p = add("plot", cmd_plot, "accuracy-with-CI plots and paired-difference histograms (PNG + PDF)")
-    p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--out", default="reports/plots", metavar="DIR")
+    p = add("plot", cmd_plot, "accuracy-with-CI plots, paired differences against a baseline (PNG + PDF)",
+            "Writes DIR/accuracy (mean ± 95% CI per run), DIR/differences (mean paired difference ± 95% CI of "
+            "each run against the baseline), per-episode difference histograms per run, and DIR/plots.json. Only "
+            "identical episodes pair; each skipped pair is printed with its reason.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or glob patterns (quoted or not)")
+    p.add_argument("--baseline", default=None, metavar="RUN", help="the run the others are compared with "
+                   "(default: the first)")
+    p.add_argument("--label", action="append", metavar="RUN=TEXT", help="series name for a run, repeatable")
+    p.add_argument("--out", default="reports/plots", metavar="DIR", help="folder for the PNG and PDF figures")
 
     p = add("diagnose", cmd_diagnose, "feature diagnostics: cosine-similarity histograms and isotropy",
             "Positive vs negative pair cosine-similarity histograms and the isotropy score "
             "(Mu & Viswanath, 2018) of a cached feature set, as in the CLCE paper's Figs. 3-4 and Table 5.")
     _add_model_flags(p)
     _add_data_flags(p, many=False)
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split whose features to diagnose")
     p.add_argument("--seed", type=_nonneg_int, default=0,
                    help="seed of the pair subsample and, with --checkpoint none, of the initialisation (as in eval)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures")

@@ -50,6 +50,7 @@ __all__ = [
     "get_info",
     "init_from_env",
     "is_main",
+    "resolve_device",
     "shard_batches",
 ]
 
@@ -126,6 +127,30 @@ def get_info() -> DistInfo:
 def is_main() -> bool:
     """True on rank 0 (and in a single process): the only rank that writes files."""
     return get_info().rank == 0
+
+
+def resolve_device(device: str | torch.device | None = None, info: DistInfo | None = None) -> torch.device:
+    """The torch device a ``--device`` value names; the one device resolver of the package.
+
+    ``None``: CUDA when available, else CPU. A CUDA device without an index (``None`` or
+    ``"cuda"``) gets ``cuda:<LOCAL_RANK>`` under torchrun (``info``, default :func:`get_info`)
+    and the current CUDA device otherwise. A value torch does not parse, or CUDA asked for
+    where there is none, raises :class:`~fewshot_bench.errors.ConfigError`.
+    """
+    if device is None:
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = "cuda"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asked for CUDA but none is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
+        info = get_info() if info is None else info
+        dev = torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
+    return dev
 
 
 class _GatherWithGrad(torch.autograd.Function):

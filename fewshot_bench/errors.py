@@ -1,4 +1,4 @@
-"""Exception hierarchy of fewshot-bench, drawn in one place.
+"""Exception hierarchy of fewshot-bench, drawn in one place, and the argument checks that raise it.
 
 Every error a user can cause derives from :class:`FewshotBenchError`; the CLI
 prints ``Error: <message>`` (one line) and exits with status 1 for these, and
@@ -18,6 +18,8 @@ __all__ = [
     "FewshotBenchError",
     "MethodError",
     "UnknownNameError",
+    "check_int",
+    "int_arg",
 ]
 
 
@@ -54,3 +56,41 @@ class CacheError(FewshotBenchError):
 
 class MethodError(FewshotBenchError):
     """A few-shot method was given inputs it cannot handle."""
+
+
+# ------------------------------------------------------------------------------ argument checks
+# One rule for "an integer >= minimum" (bools are not integers here), two front ends: values
+# passed to the library (ConfigError naming the flag) and command-line text (an argparse type).
+
+
+def _int_at_least(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_int(flag: str, value: object, minimum: int, why: str = "") -> int:
+    """``value`` if it is an integer (numpy integers too, not a bool) ``>= minimum``.
+
+    Otherwise :class:`ConfigError`: ``"<flag> <value!r> must be an integer >= <minimum><why>"``.
+    """
+    if hasattr(value, "dtype") and getattr(value, "ndim", None) == 0 and value.dtype.kind in "iu":
+        value = value.item()  # a numpy integer
+    if not _int_at_least(value, minimum):
+        raise ConfigError(f"{flag} {value!r} must be an integer >= {minimum}{why}")
+    return value
+
+
+def int_arg(minimum: int, what: str):
+    """An argparse ``type`` accepting integer text ``>= minimum``; ``what`` names the range
+    in the message (``"positive"``: *expected a positive integer, got 0*)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if not _int_at_least(value, minimum):
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+        return value
+
+    return parse

@@ -8,7 +8,8 @@ building the backbone.
 Cache entry ``<cache_root>/features/<key>/`` holds ``features.npy`` (``(N, D)`` float32)
 and ``meta.json`` (shape, dtype, sha256 of ``features.npy``, every input of the key, the
 device/AMP used, the package version). Entries appear only by renaming a complete
-temporary folder into place, under a per-key file lock, so an interrupted run (even
+temporary folder into place (:func:`fewshot_bench._io.atomic_dir`), under a per-key file lock
+(:func:`fewshot_bench._io.entry_lock`), so an interrupted run (even
 ``kill -9``) leaves nothing that passes for complete, and two concurrent runs compute an
 entry once (the second waits, then loads). On every load the shape and checksum are
 verified; a corrupt or truncated entry is rebuilt with a warning.
@@ -28,9 +29,7 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +41,7 @@ from torch import nn
 
 from . import __version__
 from . import distributed as D
-from ._io import atomic_save_npy, atomic_write_json, cache_root, file_lock, sha256_file
+from ._io import atomic_dir, atomic_save_npy, atomic_write_json, cache_root, discard, entry_lock, sha256_file
 from .backbones import create_backbone, load_checkpoint
 from .errors import CacheError, CheckpointError, ConfigError, DataError
 from .transforms import EvalTransform, get_transform, to_uint8_tensor
@@ -53,18 +52,6 @@ FEATURES_FORMAT = 1  # bump when the entry layout or extraction numerics change 
 
 
 # ------------------------------------------------------------------------------------ extraction
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device (use cpu, cuda or cuda:N)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def _resolve_amp(amp: bool | str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
@@ -125,7 +112,7 @@ def extract_features(
         raise DataError(f"images must be a uint8 numpy array (N, H, W, 3), got {what} {shape}")
     if int(batch_size) < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    dev = _resolve_device(device)
+    dev = D.resolve_device(device)
     amp_dtype = _resolve_amp(amp, dev)
     n = len(images)
     was_training = model.training
@@ -258,16 +245,6 @@ def _load_entry(entry: Path, key: str, n_rows: int, *, verify: bool = True) -> n
     return arr
 
 
-def _discard(path: Path) -> None:
-    """Rename ``path`` aside (atomic), then delete it."""
-    if not path.exists():
-        return
-    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def get_features(
     checkpoint: str | os.PathLike | None,
     arch: str,
@@ -309,7 +286,7 @@ def get_features(
     n_rows = len(split.images)
     if D.get_info().distributed:
         return _get_features_sharded(
-            checkpoint, arch, split, transform, fields, key, root, entry, n_rows, seed=seed,
+            checkpoint, arch, split, transform, fields, key, entry, n_rows, seed=seed,
             arch_kwargs=arch_kwargs, device=device, amp=amp, batch_size=batch_size, progress=progress,
             verify=verify, allow_partial=allow_partial,
         )
@@ -320,7 +297,7 @@ def get_features(
         except CacheError:
             pass  # re-checked (and reported) under the lock: another process may be replacing it
 
-    with file_lock(root / ".locks" / f"{key}.lock"):
+    with entry_lock(entry):  # also removes the temporaries of a killed run
         if entry.exists():
             try:
                 return _load_entry(entry, key, n_rows, verify=verify)
@@ -328,9 +305,7 @@ def get_features(
                 warnings.warn(
                     f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=2
                 )
-                _discard(entry)
-        for stale in root.glob(f".tmp-{key}-*"):  # left by an interrupted run; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
+                discard(entry)
 
         feats, run_info = _compute(
             checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
@@ -338,16 +313,13 @@ def get_features(
         )
         _check_finite(feats, checkpoint, arch, split, seed)
 
-        _write_entry(root, key, entry, feats, fields, checkpoint, run_info)
+        _write_entry(key, entry, feats, fields, checkpoint, run_info)
         return _load_entry(entry, key, n_rows, verify=False)
 
 
-def _write_entry(root: Path, key: str, entry: Path, feats: np.ndarray, fields: Mapping, checkpoint,
-                 run_info: Mapping) -> None:
-    """Write ``feats`` to a temporary folder and rename it to ``entry`` (caller holds the lock)."""
-    tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
+def _write_entry(key: str, entry: Path, feats: np.ndarray, fields: Mapping, checkpoint, run_info: Mapping) -> None:
+    """Write ``feats`` and ``meta.json`` into ``entry``, complete or not at all (caller holds the lock)."""
+    with atomic_dir(entry) as tmp:
         atomic_save_npy(tmp / "features.npy", feats)
         meta = {
             **fields,
@@ -361,10 +333,6 @@ def _write_entry(root: Path, key: str, entry: Path, feats: np.ndarray, fields: M
             **run_info,
         }
         atomic_write_json(tmp / "meta.json", meta)
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _compute(
@@ -381,7 +349,7 @@ def _compute(
         torch.manual_seed(int(seed))
         model = create_backbone(arch, **kw)
     report = load_checkpoint(checkpoint, model, allow_partial=allow_partial) if checkpoint is not None else None
-    dev = _resolve_device(device)
+    dev = D.resolve_device(device)
     amp_dtype = _resolve_amp(amp, dev)
     images = np.asarray(split.images)
     if rows is not None:
@@ -412,7 +380,7 @@ def _check_finite(feats: np.ndarray, checkpoint, arch: str, split: Any, seed: in
         )
 
 
-def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root, entry, n_rows, *, seed,
+def _get_features_sharded(checkpoint, arch, split, transform, fields, key, entry, n_rows, *, seed,
                           arch_kwargs, device, amp, batch_size, progress, verify,
                           allow_partial=False) -> np.ndarray:
     """:func:`get_features` as a collective over the default process group (see the module doc)."""
@@ -425,7 +393,7 @@ def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root,
                 with contextlib.suppress(CacheError):
                     found = _load_entry(entry, key, n_rows, verify=verify)
             if found is None:
-                locked.enter_context(file_lock(root / ".locks" / f"{key}.lock"))
+                locked.enter_context(entry_lock(entry))
                 if entry.exists():
                     try:
                         found = _load_entry(entry, key, n_rows, verify=verify)
@@ -433,9 +401,7 @@ def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root,
                         warnings.warn(
                             f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=3
                         )
-                        _discard(entry)
-                for stale in root.glob(f".tmp-{key}-*"):
-                    shutil.rmtree(stale, ignore_errors=True)
+                        discard(entry)
         if not D.broadcast_flag(found is not None):
             shard = lambda r: D.batch_shard(n_rows, int(batch_size), r, world)  # noqa: E731
             error: BaseException | None = None
@@ -456,7 +422,7 @@ def _get_features_sharded(checkpoint, arch, split, transform, fields, key, root,
                 try:
                     _check_finite(feats, checkpoint, arch, split, seed)
                     run_info = {**run_info, "world_size": world}
-                    _write_entry(root, key, entry, feats, fields, checkpoint, run_info)
+                    _write_entry(key, entry, feats, fields, checkpoint, run_info)
                 except Exception as exc:
                     error = exc
                 del feats

@@ -9,7 +9,10 @@ A chain is written as steps joined by ``+`` and applied left to right::
     power[:beta]          (x + 1e-6) ** beta, beta = 0.5 by default   (power transform)
 
 e.g. ``power:0.5+l2n`` (PT-MAP's input), ``cl2n`` (SimpleShot's). ``mu_base (D,)`` is the mean
-feature of the *base* (train) split of the same backbone, never of the novel classes scored.
+feature of the *base* (train) split of the same backbone, never of the novel classes scored, taken
+after the steps that come before the centring step (:meth:`Preprocessing.base_mean_from`): for
+``power:0.5+cl2n`` it is the mean of the power-transformed base features, so centring subtracts a
+mean of the same scale. A chain centres at most once (``center`` or ``cl2n``).
 
 Sources: L2N / CL2N from Wang et al., "SimpleShot: Revisiting Nearest-Neighbor Classification for
 Few-Shot Learning", 2019, https://arxiv.org/abs/1911.04623 (Sec. 3.1); the power transform from
@@ -26,16 +29,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import MethodError
 
-__all__ = ["POWER_EPS", "Preprocessing", "Step", "parse_preprocessing"]
+__all__ = ["GRAMMAR", "POWER_EPS", "Preprocessing", "Step", "parse_preprocessing"]
 
 POWER_EPS = 1e-6  # PT-MAP's code: torch.pow(x + 1e-6, beta)
 _NAMES = ("l2n", "center", "cl2n", "power")
-_GRAMMAR = "steps joined by '+': none, l2n, center, cl2n, power or power:BETA (e.g. 'power:0.5+l2n')"
+GRAMMAR = "steps joined by '+': none, l2n, center, cl2n, power or power:BETA (e.g. 'power:0.5+l2n')"
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,9 @@ class Step:
         return f"power:{self.beta:g}" if self.name == "power" else self.name
 
     def describe(self) -> str:
-        return {"l2n": "L2N", "center": "centred on the base-class mean", "cl2n": "CL2N",
-                "power": f"power transform (beta={self.beta:g})"}[self.name]
+        if self.name == "power":
+            return f"power transform (beta={self.beta:g})"
+        return {"l2n": "L2N", "center": "centred on the base-class mean", "cl2n": "CL2N (base-class mean)"}[self.name]
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,28 @@ class Preprocessing:
         return any(s.name in ("center", "cl2n") for s in self.steps)
 
     def describe(self) -> str:
-        """Human text for table captions, e.g. ``"power transform (beta=0.5), then L2N"``."""
-        return ", then ".join(s.describe() for s in self.steps) or "none"
+        """Human text for table captions, e.g. ``"power transform (beta=0.5), then L2N"``,
+        ``"CL2N (base-class mean)"``; ``"none (features as extracted)"`` for the empty chain."""
+        return ", then ".join(s.describe() for s in self.steps) or "none (features as extracted)"
+
+    def base_mean_from(self, base_features: Any, chunk: int = 8192) -> np.ndarray:
+        """``mu_base (D,)`` float64 for this chain from the base (train) split's features ``(N, D)``:
+        the mean of the features after the steps before the centring step (the raw mean for
+        ``cl2n`` or ``center`` first, as in SimpleShot). Read in chunks of ``chunk`` rows (memmaps)."""
+        if not self.needs_base_mean:
+            raise MethodError(f"preprocessing {self.spec!r} does not centre; it needs no base_mean")
+        prefix = Preprocessing(self.steps[: next(i for i, s in enumerate(self.steps)
+                                                 if s.name in ("center", "cl2n"))])
+        n = len(base_features)
+        if n == 0:
+            raise MethodError(f"preprocessing {self.spec!r}: the base (train) split has no features to average")
+        if not prefix.steps:
+            return np.asarray(base_features, dtype=np.float64).mean(0)
+        out = np.empty(np.shape(base_features), dtype=np.float64)
+        for start in range(0, n, chunk):
+            x = torch.from_numpy(np.asarray(base_features[start:start + chunk], dtype=np.float64))
+            out[start:start + chunk] = prefix(x).numpy()
+        return out.mean(0)
 
     def __call__(self, x: torch.Tensor, base_mean: Any = None) -> torch.Tensor:
         """Apply the chain to features ``(..., D)``; ``base_mean (D,)`` for ``center``/``cl2n``."""
@@ -90,8 +115,12 @@ class Preprocessing:
         return x
 
 
-def parse_preprocessing(spec: str | Preprocessing | None) -> Preprocessing:
-    """``"power:0.5+l2n"`` -> :class:`Preprocessing`; ``None``/``"none"``/``""`` -> the empty chain."""
+def parse_preprocessing(spec: str | Preprocessing | None, *, what: str = "preprocessing") -> Preprocessing:
+    """``"power:0.5+l2n"`` -> :class:`Preprocessing`; ``None``/``"none"``/``""`` -> the empty chain.
+
+    Raises :class:`~fewshot_bench.errors.MethodError` naming ``what`` (e.g. ``"--preprocess"``)
+    and the grammar for an unknown step, a bad beta, or two centring steps.
+    """
     if isinstance(spec, Preprocessing):
         return spec
     if spec is None or str(spec).strip().lower() in ("", "none"):
@@ -100,16 +129,18 @@ def parse_preprocessing(spec: str | Preprocessing | None) -> Preprocessing:
     for token in str(spec).lower().replace(" ", "").split("+"):
         name, _, arg = token.partition(":")
         if name not in _NAMES or (arg and name != "power"):
-            raise MethodError(f"preprocessing {spec!r}: unknown step {token!r}; use {_GRAMMAR}")
+            raise MethodError(f"{what} {spec!r}: unknown step {token!r}; use {GRAMMAR}")
         beta = 0.5 if name == "power" else None
         if arg:
             try:
                 beta = float(arg)
             except ValueError:
-                raise MethodError(f"preprocessing {spec!r}: power needs a number, got {arg!r}") from None
+                raise MethodError(f"{what} {spec!r}: power needs a number, got {arg!r}; use {GRAMMAR}") from None
         if beta is not None and not 0 < beta <= 1:
-            raise MethodError(f"preprocessing {spec!r}: power beta must be in (0, 1], got {beta:g}")
+            raise MethodError(f"{what} {spec!r}: power beta must be in (0, 1], got {beta:g}; use {GRAMMAR}")
         steps.append(Step(name, beta))
+    if sum(s.name in ("center", "cl2n") for s in steps) > 1:
+        raise MethodError(f"{what} {spec!r}: centres twice; a chain takes one 'center' or 'cl2n' ({GRAMMAR})")
     return Preprocessing(tuple(steps))
 
 

@@ -23,6 +23,7 @@ Statistics come from :mod:`fewshot_bench.stats`; the formulas are in
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import math
@@ -30,6 +31,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from ._io import atomic_write_json
+from ._io import atomic_write_json, jsonable
 from .errors import ConfigError, DataError, EpisodeError
 from .literature import DEFAULT_SOURCE, Literature, load_literature
 
@@ -48,16 +50,21 @@ __all__ = [
     "KEY",
     "Run",
     "SeedGroup",
+    "TABLE_EXTENSIONS",
     "aggregate_seeds",
     "compare",
     "dataset_display_name",
+    "find_runs",
+    "fmt_pct",
     "format_compare",
     "groups_frame",
     "input_protocol_text",
     "latex_escape",
     "load_run",
     "make_table",
+    "make_tables",
     "paired_accuracies",
+    "pct",
     "protocol_text",
     "runs_frame",
     "seed_groups",
@@ -74,6 +81,9 @@ TABLE_FORMAT = "fewshot-bench-table"
 KEY = ("dataset", "split", "ways", "shots", "queries", "method")
 _CSV_COLUMNS = (*KEY, "episode", "accuracy")
 _TABLE_FORMATS = ("latex", "markdown", "csv", "csv-long", "json")
+_FORMAT_ALIASES = {"md": "markdown", "tex": "latex"}
+#: File extension of each table format (``table --out PREFIX`` / ``--out-dir DIR`` write ``PREFIX.<ext>``).
+TABLE_EXTENSIONS = {"latex": "tex", "markdown": "md", "csv": "csv", "csv-long": "long.csv", "json": "json"}
 #: How a row's fine-tuning seeds are summed up in one table cell.
 AGGREGATES = ("median", "mean")
 _DISPLAY = {
@@ -102,6 +112,29 @@ def dataset_display_name(name: str) -> str:
     """``cifar-fs`` -> ``CIFAR-FS``, ``fc100`` -> ``FC100``, ``mini-imagenet`` ->
     ``miniImageNet``, ``tiered-imagenet`` -> ``tieredImageNet``; other names unchanged."""
     return _DISPLAY.get(re.sub(r"[-_ .]", "", str(name).lower()), str(name))
+
+
+def pct(x: float, signed: bool = False) -> str:
+    """A fraction as a percentage with two decimals: the one rounding rule of every printed
+    accuracy (eval's table, ``table``, ``compare``, plot labels).
+
+    The fraction's shortest decimal form (``repr``, what ``summary.json`` stores) is multiplied
+    by 100 in decimal arithmetic (exact) and rounded half to even to two decimals:
+    ``pct(0.61245) == "61.24"``, ``pct(0.61255) == "61.26"`` (``f"{100 * x:.2f}"`` would print
+    ``61.25`` for the first, because ``100 * 0.61245`` is ``61.245000000000005`` in binary).
+    ``signed`` puts ``+`` before non-negative values (differences); NaN is ``"nan"``.
+    """
+    x = float(x)
+    if math.isnan(x) or math.isinf(x):
+        return f"{x * 100:+}" if signed and not math.isnan(x) else str(x * 100)
+    text = f"{(Decimal(repr(x)) * 100).quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}"
+    return "+" + text if signed and not text.startswith("-") else text
+
+
+def fmt_pct(mean: float, ci: float | None = None, pm: str = "±") -> str:
+    """``mean`` (and ``ci``, a half-width) as percentages by :func:`pct`: ``"61.24±0.52"``;
+    ``pm`` is the separator (``" ± "`` in eval's table, ``"$\\pm$"`` in LaTeX)."""
+    return pct(mean) + ("" if ci is None else pm + pct(ci))
 
 
 def _key_text(key: Key) -> str:
@@ -244,6 +277,32 @@ def load_run(path: str | os.PathLike) -> Run:
     return Run(path=p, summary=summary, results=results, accuracies=accuracies, episodes=episodes)
 
 
+def find_runs(patterns: Iterable[str | os.PathLike], flag: str = "RUN") -> list[Path]:
+    """Run folders from paths and glob patterns, in the order given (each pattern's matches sorted).
+
+    A path that exists is taken as it is (:func:`load_run` checks it later). Otherwise a pattern
+    with ``*``, ``?`` or ``[`` is expanded here (``**`` recursively), so that a quoted pattern
+    works as well as one the shell expanded; its matches that are not run folders (no
+    ``summary.json``) are passed over, and ``summary.json`` files stand for their folder.
+    Duplicates are dropped. A pattern that matches no run folder raises
+    :class:`~fewshot_bench.errors.ConfigError` naming ``flag``.
+    """
+    out: list[Path] = []
+    for item in patterns:
+        text = os.path.expanduser(str(item))
+        if os.path.exists(text) or not glob.has_magic(text):
+            found = [Path(text)]
+        else:
+            found = [Path(m).parent if Path(m).name == "summary.json" else Path(m)
+                     for m in sorted(glob.glob(text, recursive=True))]
+            found = [m for m in found if (m / "summary.json").is_file()]
+            if not found:
+                raise ConfigError(f"{flag} {item}: the pattern matches no run folder (a folder with summary.json); "
+                                  "check the pattern or pass the --out folders of `fewshot-bench eval`")
+        out += [m for m in found if m not in out]
+    return out
+
+
 def _read_per_episode(csv_path: Path, results: dict[Key, dict]) -> tuple[dict, dict]:
     if not csv_path.is_file():
         raise DataError(f"{csv_path.parent}: not a complete run folder (no per_episode.csv); re-run eval")
@@ -312,7 +371,7 @@ def _auto_labels(runs: Sequence[Run]) -> list[str]:
     for idx in buckets.values():
         if len(idx) < 2:
             continue
-        configs = {i: runs[i].config for i in idx}
+        configs = {i: {**runs[i].config, "preprocess": _preprocess_flag(runs[i])} for i in idx}
         order = list(dict.fromkeys(k for i in idx for k in configs[i]))
         by_dataset: dict[str, list[int]] = {}
         for i in idx:
@@ -331,6 +390,22 @@ def _auto_labels(runs: Sequence[Run]) -> list[str]:
             loss = meta.get("loss")
             out[i] = f"{arch} ({loss}, {params})" if loss else f"{arch} ({params})"
     return out
+
+
+def _preprocess_flag(run: Run) -> str:
+    """The run's ``--preprocess`` (canonical chain), ``"default"`` when each method used its own
+    declared chain (also every run written before the flag existed)."""
+    return str((run.summary.get("config") or {}).get("preprocess") or "default")
+
+
+def _preprocess_of(runs: Sequence[Run], key: Key) -> tuple[str | None, str | None]:
+    """``(spec, description)`` of the feature preprocessing ``runs`` recorded for ``key``; ``None``s
+    for runs written before it was recorded (the seeds of a row agree, see :func:`seed_groups`)."""
+    for r in runs:
+        res = r.results.get(key) or {}
+        if res.get("preprocess") is not None:
+            return str(res["preprocess"]), str(res.get("preprocess_description") or res["preprocess"])
+    return None, None
 
 
 def _explicit_labels(runs: Sequence[Run], labels: Mapping[str, str] | None) -> dict[int, str]:
@@ -385,7 +460,8 @@ def runs_frame(runs: Iterable[Run | str | os.PathLike], labels: Mapping[str, str
     Columns: ``run`` (folder path), ``label``, the :data:`KEY` columns, ``mean``,
     ``ci95`` (half-width), ``std`` (ddof=1), ``n`` (episodes), ``ci_method``,
     ``transductive``, ``episodes_sha256``, ``seed`` (of the episode sampler),
-    ``finetune_seed`` (``None`` when the checkpoint has none); accuracies as fractions,
+    ``finetune_seed`` (``None`` when the checkpoint has none), ``input_protocol``, ``preprocess``,
+    ``preprocess_text`` (the feature preprocessing chain); accuracies as fractions,
     as stored in ``summary.json``. ``labels`` maps run paths to row labels (default: the
     automatic label, see :func:`seed_groups`); every run keeps its own row here.
     """
@@ -410,6 +486,7 @@ def runs_frame(runs: Iterable[Run | str | os.PathLike], labels: Mapping[str, str
                 "seed": run.seed,
                 "finetune_seed": run.finetune_seed,
                 "input_protocol": input_protocol_text(run.summary, key[0]),
+                **dict(zip(("preprocess", "preprocess_text"), _preprocess_of([run], key), strict=True)),
             })
     df = pd.DataFrame(rows)
     df["finetune_seed"] = pd.Series([r["finetune_seed"] for r in rows], dtype=object)
@@ -550,8 +627,9 @@ def _check_group(group: SeedGroup) -> None:
                 )
             seen[r.finetune_seed] = r
         for what, value in (("input protocols", lambda r, k=key: input_protocol_text(r.summary, k[0])),
-                            ("method parameters", lambda r, k=key: repr(r.results[k].get("method_params")))):
-            values = {value(r) for r in holders}
+                            ("method parameters", lambda r, k=key: repr(r.results[k].get("method_params"))),
+                            ("feature preprocessing", lambda r, k=key: r.results[k].get("preprocess"))):
+            values = {value(r) for r in holders} - {None}  # None: not recorded (older runs)
             if len(values) > 1:
                 raise ConfigError(f"the seeds of row {group.label!r} were evaluated with different {what} for "
                                   f"{_key_text(key)} ({' vs '.join(sorted(values))}); give them different --label "
@@ -657,7 +735,9 @@ def groups_frame(
     seed), ``aggregate`` (``"median"``/``"mean"``, ``"single"`` for one seed),
     ``ci_seeds`` (the seeds behind ``ci95``), ``runs`` (paths), ``ci_method``,
     ``transductive``, ``episodes_sha256``, ``seed`` (of the episode sampler), ``run``
-    (the first path), ``input_protocol`` (:func:`input_protocol_text`). Accuracies are fractions.
+    (the first path), ``input_protocol`` (:func:`input_protocol_text`), ``preprocess`` and
+    ``preprocess_text`` (the feature preprocessing chain and its description; ``None`` for runs
+    written before it was recorded). Accuracies are fractions.
     """
     groups = list(runs)
     if not groups or not all(isinstance(g, SeedGroup) for g in groups):
@@ -670,7 +750,9 @@ def groups_frame(
             cell = _cell_stats(g, key, aggregate)
             inputs = sorted({input_protocol_text(r.summary, key[0]) for r in g.runs_for(key)})
             rows.append({"label": g.label, **dict(zip(KEY, key, strict=True)), **cell, "run": cell["runs"][0],
-                         "input_protocol": " / ".join(inputs)})
+                         "input_protocol": " / ".join(inputs),
+                         **dict(zip(("preprocess", "preprocess_text"), _preprocess_of(g.runs_for(key), key),
+                                    strict=True))})
     return pd.DataFrame(rows)
 
 
@@ -708,29 +790,39 @@ def paired_accuracies(run_a: Run, run_b: Run, key_a: Key, key_b: Key | None = No
     ``key_a``), after checking both were evaluated on identical episodes.
 
     Raises :class:`~fewshot_bench.errors.EpisodeError` when the ``episodes_sha256`` are
-    missing or differ, or the episode indices differ.
+    missing or differ, or the episode indices differ (:func:`_episode_mismatch`).
     """
     key_b = key_a if key_b is None else key_b
+    mismatch = _episode_mismatch(run_a, run_b, key_a, key_b)
+    if mismatch is not None:
+        raise EpisodeError(mismatch[1])
+    return run_a.accuracies[key_a], run_b.accuracies[key_b]
+
+
+def _episode_mismatch(run_a: Run, run_b: Run, key_a: Key, key_b: Key) -> tuple[str, str] | None:
+    """``None`` when ``run_a`` on ``key_a`` and ``run_b`` on ``key_b`` were evaluated on identical
+    episodes (same ``episodes_sha256``, same episode indices), else ``(reason, one-line message)``
+    with reason ``"no_episodes_sha256"``, ``"different_episodes"`` or ``"different_episode_indices"``."""
     ha = run_a.results[key_a].get("episodes_sha256")
     hb = run_b.results[key_b].get("episodes_sha256")
     if not ha or not hb:
         which = run_a.path if not ha else run_b.path
-        raise EpisodeError(
+        return "no_episodes_sha256", (
             f"{which}: no episodes_sha256 for {_key_text(key_a)}, so a paired comparison cannot check the "
             "episodes are the same; re-run eval with this version"
         )
     if ha != hb:
-        raise EpisodeError(
+        return "different_episodes", (
             f"{run_a.path} and {run_b.path} were evaluated on different episodes for {_key_text(key_a)} "
             f"(episodes_sha256 {ha[:8]} vs {hb[:8]}); re-run eval on the same episode file to compare them"
         )
     ea, eb = run_a.episodes[key_a], run_b.episodes[key_b]
     if ea.shape != eb.shape or not np.array_equal(ea, eb):
-        raise EpisodeError(
+        return "different_episode_indices", (
             f"{run_a.path} and {run_b.path} list different episode indices for {_key_text(key_a)} "
             f"({ea.size} vs {eb.size} episodes); re-run eval to compare them"
         )
-    return run_a.accuracies[key_a], run_b.accuracies[key_b]
+    return None
 
 
 def _verdict(diff: float, p: float, alpha: float) -> str:
@@ -771,11 +863,16 @@ def compare(
     fractions. :func:`seed_summary` sums the seed pairs up per row pair and key
     (``aggregate`` is its rule, kept in ``df.attrs``).
 
-    Raises :class:`~fewshot_bench.errors.EpisodeError` when two runs were evaluated on
-    different episodes (``episodes_sha256`` differ) for a shared key, and
-    :class:`~fewshot_bench.errors.ConfigError` when fewer than two rows are given, a
-    pair shares nothing to compare, or the seeds of a row are inconsistent
-    (:func:`seed_groups`).
+    Only identical episodes pair. What cannot be compared is skipped, not refused, and listed
+    in ``df.attrs["skipped"]`` (one record per row pair x key, or per row pair sharing no key:
+    ``a``, ``b``, ``run_a``, ``run_b``, the :data:`KEY` columns -- ``None`` for a row pair --,
+    ``reason`` and a one-line ``message``); reasons: ``"no_shared_cell"`` (e.g. other ways or
+    shots), ``"no_shared_seed"`` (two rows of several seeds with no seed in common),
+    ``"different_episodes"``, ``"different_episode_indices"``, ``"no_episodes_sha256"``. Skipped
+    comparisons are not in the Holm family.
+
+    Raises :class:`~fewshot_bench.errors.ConfigError` when fewer than two rows are given or the
+    seeds of a row are inconsistent (:func:`seed_groups`).
     """
     alphas = tuple(float(a) for a in alpha)
     for a in alphas:
@@ -804,47 +901,22 @@ def compare(
     else:
         pairs = list(itertools.combinations(groups, 2))
 
-    rows = []
+    rows: list[dict] = []
+    skipped: list[dict] = []
     for ga, gb in pairs:
         keys_b = set(gb.keys())
         shared = [k for k in ga.keys() if k in keys_b]
         if not shared:
-            raise ConfigError(
-                f"{ga.name} and {gb.name} share no dataset x split x ways x shots x queries x method; "
-                "nothing to compare"
-            )
+            skipped.append(_skip(ga, gb, None, "no_shared_cell", (
+                f"{ga.name} and {gb.name} share no dataset x split x ways x shots x queries x method "
+                f"({_cells_text(ga.keys())} vs {_cells_text(gb.keys())}); nothing to compare")))
+            continue
         for key in shared:
-            for ra, rb in seed_pairs(ga.runs_for(key), gb.runs_for(key), f"{ga.label!r} vs {gb.label!r}, "
-                                     f"{_key_text(key)}"):
-                xa, xb = paired_accuracies(ra, rb, key)
-                diff, half = stats.mean_difference(xa, xb, level=level)
-                if xa.size >= 2:
-                    tt = stats.paired_ttest(xa, xb)
-                else:
-                    tt = stats.TestResult(math.nan, math.nan)
-                ww = stats.wilcoxon(xa, xb)
-                rows.append({
-                    "a": ga.label,
-                    "b": gb.label,
-                    "run_a": str(ra.path),
-                    "run_b": str(rb.path),
-                    "seed_a": ra.finetune_seed,
-                    "seed_b": rb.finetune_seed,
-                    **dict(zip(KEY, key, strict=True)),
-                    "n": int(xa.size),
-                    "mean_a": float(xa.mean()),
-                    "mean_b": float(xb.mean()),
-                    "diff": diff,
-                    "ci": half,
-                    "diff_low": diff - half,
-                    "diff_high": diff + half,
-                    "t": tt.statistic,
-                    "p_t": tt.pvalue,
-                    "w": ww.statistic,
-                    "p_wilcoxon": ww.pvalue,
-                    "episodes_sha256": ra.results[key].get("episodes_sha256"),
-                })
-    df = pd.DataFrame(rows)
+            seed_run_pairs, skip = _paired_runs(ga, gb, key)
+            if skip is not None:
+                skipped.append(skip)
+            rows += [_compare_row(ga, gb, ra, rb, key, level) for ra, rb in seed_run_pairs]
+    df = pd.DataFrame(rows, columns=list(_COMPARE_COLUMNS))
     for col in ("seed_a", "seed_b"):
         df[col] = pd.Series([r[col] for r in rows], dtype=object)
     df["p_t_holm"] = stats.holm(df["p_t"].to_numpy())
@@ -852,8 +924,79 @@ def compare(
     for a in alphas:
         df[f"verdict_{a:g}"] = [_verdict(d, p, a) for d, p in zip(df["diff"], df["p_t_holm"], strict=True)]
     df.attrs.update({"alpha": list(alphas), "level": level, "baseline": None if base_run is None else str(base_run.path),
-                     "aggregate": aggregate, "protocol": protocol_text(runs_frame(all_runs))})
+                     "aggregate": aggregate, "protocol": protocol_text(runs_frame(all_runs)), "skipped": skipped})
     return df
+
+
+def _compare_row(ga: SeedGroup, gb: SeedGroup, ra: Run, rb: Run, key: Key, level: float) -> dict:
+    """One row of :func:`compare`: run ``ra`` of row ``ga`` against ``rb`` of ``gb`` on ``key``."""
+    xa, xb = paired_accuracies(ra, rb, key)
+    diff, half = stats.mean_difference(xa, xb, level=level)
+    tt = stats.paired_ttest(xa, xb) if xa.size >= 2 else stats.TestResult(math.nan, math.nan)
+    ww = stats.wilcoxon(xa, xb)
+    return {
+        "a": ga.label,
+        "b": gb.label,
+        "run_a": str(ra.path),
+        "run_b": str(rb.path),
+        "seed_a": ra.finetune_seed,
+        "seed_b": rb.finetune_seed,
+        **dict(zip(KEY, key, strict=True)),
+        "n": int(xa.size),
+        "mean_a": float(xa.mean()),
+        "mean_b": float(xb.mean()),
+        "diff": diff,
+        "ci": half,
+        "diff_low": diff - half,
+        "diff_high": diff + half,
+        "t": tt.statistic,
+        "p_t": tt.pvalue,
+        "w": ww.statistic,
+        "p_wilcoxon": ww.pvalue,
+        "episodes_sha256": ra.results[key].get("episodes_sha256"),
+    }
+
+
+_COMPARE_COLUMNS = ("a", "b", "run_a", "run_b", "seed_a", "seed_b", *KEY, "n", "mean_a", "mean_b", "diff", "ci",
+                    "diff_low", "diff_high", "t", "p_t", "w", "p_wilcoxon", "episodes_sha256")
+
+
+def _skip(ga: SeedGroup, gb: SeedGroup, key: Key | None, reason: str, message: str,
+          pair: tuple[Run, Run] | None = None) -> dict:
+    """One record of ``compare(...).attrs["skipped"]`` (see :func:`compare`)."""
+    return {"a": ga.label, "b": gb.label, "run_a": None if pair is None else str(pair[0].path),
+            "run_b": None if pair is None else str(pair[1].path),
+            **dict(zip(KEY, key if key is not None else (None,) * len(KEY), strict=True)),
+            "reason": reason, "message": message}
+
+
+def _paired_runs(ga: SeedGroup, gb: SeedGroup, key: Key, key_b: Key | None = None,
+                 what: str = "") -> tuple[list[tuple[Run, Run]], dict | None]:
+    """The seed pairs (:func:`seed_pairs`) of row ``ga`` on ``key`` and row ``gb`` on ``key_b``
+    (default ``key``), all on identical episodes; or ``([], skip record)`` when the rows share no
+    seed or a pair's episodes differ (the seeds of a row share their episodes, so one differing
+    pair means all do)."""
+    key_b = key if key_b is None else key_b
+    try:
+        pairs = seed_pairs(ga.runs_for(key), gb.runs_for(key_b), what or f"{ga.label!r} vs {gb.label!r}, "
+                           f"{_key_text(key)}")
+    except ConfigError as exc:
+        return [], _skip(ga, gb, key, "no_shared_seed", str(exc))
+    for ra, rb in pairs:
+        mismatch = _episode_mismatch(ra, rb, key, key_b)
+        if mismatch is not None:
+            return [], _skip(ga, gb, key, mismatch[0], mismatch[1], (ra, rb))
+    return pairs, None
+
+
+def _cells_text(keys: Iterable[Key]) -> str:
+    """``cifar-fs/fc100 test 5-way 1/5-shot 15q protonet``: what a set of keys spans."""
+    keys = list(keys)
+
+    def join(i: int) -> str:
+        return "/".join(str(v) for v in sorted({k[i] for k in keys}))
+
+    return f"{join(0)} {join(1)} {join(2)}-way {join(3)}-shot {join(4)}q {join(5)}"
 
 
 def _seed_text(a: Any, b: Any) -> str:
@@ -910,10 +1053,13 @@ def format_compare(df: pd.DataFrame) -> str:
 
     Differences and CIs in percentage points; p-values Holm-adjusted; one verdict
     column per alpha. When a row pair was compared over several seed pairs, a ``seed``
-    column names each pair and a second table (:func:`seed_summary`) sums them up.
+    column names each pair and a second table (:func:`seed_summary`) sums them up. Percentages
+    follow :func:`pct`. Every skipped comparison (``df.attrs["skipped"]``) ends the text as one
+    ``skipped: ...`` line.
     """
+    skipped = "".join(f"\nskipped: {s['message']}" for s in df.attrs.get("skipped", []))
     if df.empty:
-        return "(no comparisons)"
+        return "(no comparisons: nothing was evaluated on identical episodes)" + skipped
     verdicts = [c for c in df.columns if c.startswith("verdict_")]
     summary = seed_summary(df)
     several = bool((summary["n_pairs"] > 1).any())
@@ -927,9 +1073,9 @@ def format_compare(df: pd.DataFrame) -> str:
         "method": df["method"],
         **({"seed": [_seed_text(a, b) for a, b in zip(df["seed_a"], df["seed_b"], strict=True)]} if several else {}),
         "n": df["n"],
-        "a %": [f"{100 * x:.2f}" for x in df["mean_a"]],
-        "b %": [f"{100 * x:.2f}" for x in df["mean_b"]],
-        "a-b (pp)": [f"{100 * d:+.2f}±{100 * c:.2f}" for d, c in zip(df["diff"], df["ci"], strict=True)],
+        "a %": [pct(x) for x in df["mean_a"]],
+        "b %": [pct(x) for x in df["mean_b"]],
+        "a-b (pp)": [f"{pct(d, signed=True)}±{pct(c)}" for d, c in zip(df["diff"], df["ci"], strict=True)],
         "p_t holm": [_fmt_p(p) for p in df["p_t_holm"]],
         "p_wilcoxon holm": [_fmt_p(p) for p in df["p_wilcoxon_holm"]],
         **{f"α={c.removeprefix('verdict_')}": df[c] for c in verdicts},
@@ -953,7 +1099,7 @@ def format_compare(df: pd.DataFrame) -> str:
             "method": summary["method"],
             "seeds": summary["seeds"],
             f"a-b (pp) {how} [min, max]": [
-                f"{100 * d:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                f"{pct(d, signed=True)} [{pct(lo, signed=True)}, {pct(hi, signed=True)}]"
                 for d, lo, hi in zip(summary["diff"], summary["diff_min"], summary["diff_max"], strict=True)],
             **{f"α={c.removeprefix('verdict_')}": [
                 f"{v} ({nb}↑ {nw}↓ of {n})" for v, nb, nw, n in zip(
@@ -968,7 +1114,7 @@ def format_compare(df: pd.DataFrame) -> str:
             "only some are, n.s. when none is; ↑/↓ count the pairs significant for a / for b."
         )
     protocol = df.attrs.get("protocol")
-    return text + (f"\nprotocol: {protocol}" if protocol else "")
+    return text + (f"\nprotocol: {protocol}" if protocol else "") + skipped
 
 
 def _fmt_p(p: float) -> str:
@@ -984,7 +1130,8 @@ def write_compare_json(df: pd.DataFrame, path: str | os.PathLike) -> None:
     "level": 0.95, "baseline": path|null, "aggregate": "median", "holm": "...",
     "comparisons": [row, ...], "seed_groups": [row, ...]}``: ``comparisons`` holds one
     object per seed pair (the rows of :func:`compare`, with ``seed_a``/``seed_b``),
-    ``seed_groups`` one per row pair x key (:func:`seed_summary`); NaN is written as ``null``.
+    ``seed_groups`` one per row pair x key (:func:`seed_summary`), ``skipped`` one per comparison
+    that could not be made (``df.attrs["skipped"]``, see :func:`compare`); NaN is written as ``null``.
     """
     def records(frame: pd.DataFrame) -> list[dict]:
         return [{str(k): _json_value(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
@@ -1003,18 +1150,13 @@ def write_compare_json(df: pd.DataFrame, path: str | os.PathLike) -> None:
                         "their seeds; a single run is paired with every seed of a row that shares none of its seeds",
         "comparisons": records(df),
         "seed_groups": records(seed_summary(df)),
+        "skipped": [dict(s) for s in df.attrs.get("skipped", [])],
     })
 
 
 def _json_value(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        v = float(v)
-        return None if math.isnan(v) else (str(v) if math.isinf(v) else v)
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    return v
+    """A table cell as strict JSON: NaN -> null, ±inf -> "inf"/"-inf", numpy scalars -> Python."""
+    return jsonable(v, strict=True)
 
 
 # --------------------------------------------------------------------------- tables
@@ -1022,6 +1164,7 @@ def _json_value(v: Any) -> Any:
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",  # OT1 text mode prints < as ¡
 }
 
 
@@ -1035,16 +1178,18 @@ def _latex_text(text: str) -> str:
     return latex_escape(text).replace("±", r"$\pm$").replace("–", "--")
 
 
-def _column_names(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Add the display columns ``col_dataset`` and ``col_shots`` to the tidy frame."""
+def _column_names(tidy: pd.DataFrame, renames: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Add the display columns ``col_dataset`` (display name, or ``renames[display name]``) and
+    ``col_shots`` to the tidy frame, and ``col_rank`` (the column order before renaming)."""
     tidy = tidy.copy()
+    renames = dict(renames or {})
     multi_split = tidy.groupby("dataset")["split"].nunique().max() > 1
     multi_ways = tidy["ways"].nunique() > 1
     multi_queries = tidy["queries"].nunique() > 1
-    tidy["col_dataset"] = [
-        dataset_display_name(d) + (f" ({s})" if multi_split else "")
-        for d, s in zip(tidy["dataset"], tidy["split"], strict=True)
-    ]
+    split_text = [f" ({s})" if multi_split else "" for s in tidy["split"]]
+    display = [dataset_display_name(d) for d in tidy["dataset"]]
+    tidy["col_rank"] = [_dataset_rank(d + s) for d, s in zip(display, split_text, strict=True)]
+    tidy["col_dataset"] = [renames.get(d, d) + s for d, s in zip(display, split_text, strict=True)]
     tidy["col_shots"] = [
         (f"{w}-way " if multi_ways else "") + f"{k}-shot" + (f" {q}q" if multi_queries else "")
         for w, k, q in zip(tidy["ways"], tidy["shots"], tidy["queries"], strict=True)
@@ -1052,9 +1197,10 @@ def _column_names(tidy: pd.DataFrame) -> pd.DataFrame:
     return tidy
 
 
-def _row_labels(tidy: pd.DataFrame) -> pd.Series:
+def _row_labels(tidy: pd.DataFrame, renames: Mapping[str, str] | None = None) -> pd.Series:
+    """The row label, with ``", method"`` (``renames[method]`` when given) when the rows hold several."""
     if tidy["method"].nunique() > 1:
-        return tidy["label"] + ", " + tidy["method"]
+        return tidy["label"] + ", " + tidy["method"].map(lambda m: dict(renames or {}).get(m, m))
     return tidy["label"]
 
 
@@ -1072,34 +1218,70 @@ def _baseline_key(base: SeedGroup, key: Key) -> Key | None:
     return cands[0] if len(cands) == 1 else None
 
 
-def _beats_baseline(tidy: pd.DataFrame, groups: Mapping[str, SeedGroup], base: SeedGroup) -> list[bool]:
-    """Per tidy row: in every seed pair (:func:`seed_pairs`) against the baseline row, the mean
-    difference is > 0 and the two-sided paired t-test p-value, Holm-adjusted over the seed
-    pairs of that cell, is < TABLE_ALPHA (with one pair: the plain p-value)."""
-    out = []
+_SKIP_SHORT = {"no_baseline_cell": "no baseline result", "no_shared_seed": "no shared seed",
+               "different_episodes": "other episodes", "different_episode_indices": "other episode indices",
+               "no_episodes_sha256": "no episode hash"}
+
+
+def _vs_baseline(tidy: pd.DataFrame, groups: Mapping[str, SeedGroup],
+                 base: SeedGroup) -> tuple[pd.DataFrame, list[dict], int]:
+    """Paired tests of every table cell against the baseline row; returns ``(frame, skipped, n_tests)``.
+
+    Per tidy row (same index), ``frame`` holds ``p_t`` (the two-sided paired t-test p-value of
+    each seed pair, :func:`seed_pairs`, on identical episodes), ``p_t_holm`` (Holm-adjusted over
+    *every* test of the table: all cells and seed pairs; NaN p-values, e.g. one episode, are left
+    out of the family), ``diff_vs_baseline`` (per pair, ``mean(a - baseline)``), and
+    ``significance``: ``"better"`` / ``"worse"`` when in every seed pair the difference is > 0 /
+    < 0 and the adjusted p < :data:`TABLE_ALPHA`, ``"n.s."`` when no pair is significant,
+    ``"mixed"`` otherwise, ``"baseline"`` for the baseline's own cells and ``None`` for cells
+    not tested. A cell the baseline has no result for, or whose seed pairs are not on identical
+    episodes or share no seed, is not tested and goes to ``skipped`` (records as in
+    :func:`compare`, plus ``row`` and ``column``).
+    """
+    tests: list[tuple[list[float], list[float]] | None] = []
+    status: list[str | None] = []
+    skipped: list[dict] = []
     for _, row in tidy.iterrows():
         group = groups[row["label"]]
-        if group is base:
-            out.append(False)
-            continue
         key = (str(row["dataset"]), str(row["split"]), int(row["ways"]), int(row["shots"]), int(row["queries"]),
                str(row["method"]))
+        tests.append(None)
+        status.append("baseline" if group is base else None)
+        if group is base:
+            continue
         bkey = _baseline_key(base, key)
         if bkey is None:
-            out.append(False)
+            skip = _skip(group, base, key, "no_baseline_cell",
+                         f"--baseline: {base.name} has no result for {_key_text(key)} (nor one method there)")
+            pairs: list[tuple[Run, Run]] = []
+        else:
+            pairs, skip = _paired_runs(group, base, key, bkey,
+                                       f"--baseline: {group.label!r} vs {base.label!r}, {_key_text(key)}")
+        if skip is not None:
+            skipped.append({"row": row["row"], "column": f"{row['col_dataset']} {row['col_shots']}", **skip})
             continue
         diffs, ps = [], []
-        for ra, rb in seed_pairs(group.runs_for(key), base.runs_for(bkey),
-                                 f"--baseline: {group.label!r} vs {base.label!r}, {_key_text(key)}"):
+        for ra, rb in pairs:
             xa, xb = paired_accuracies(ra, rb, key, bkey)
             diffs.append(float(np.mean(xa - xb)))
             ps.append(stats.paired_ttest(xa, xb).pvalue if xa.size >= 2 else math.nan)
-        if any(math.isnan(p) for p in ps):
-            out.append(False)
+        tests[-1] = (diffs, ps)
+    flat = [p for t in tests if t is not None for p in t[1]]
+    adjusted = iter(stats.holm(flat))
+    out = []
+    for t, st in zip(tests, status, strict=True):
+        if t is None:
+            out.append({"significance": st, "p_t": None, "p_t_holm": None, "diff_vs_baseline": None})
             continue
-        adjusted = stats.holm(ps)
-        out.append(bool(all(d > 0 and p < TABLE_ALPHA for d, p in zip(diffs, adjusted, strict=True))))
-    return out
+        diffs, ps = t
+        adj = [float(next(adjusted)) for _ in ps]
+        better = sum(d > 0 and p < TABLE_ALPHA for d, p in zip(diffs, adj, strict=True))
+        worse = sum(d < 0 and p < TABLE_ALPHA for d, p in zip(diffs, adj, strict=True))
+        sig = ("better" if better == len(ps) else "worse" if worse == len(ps)
+               else "n.s." if better + worse == 0 else "mixed")
+        out.append({"significance": sig, "p_t": tuple(ps), "p_t_holm": tuple(adj), "diff_vs_baseline": tuple(diffs)})
+    n_tests = sum(not math.isnan(p) for p in flat)
+    return pd.DataFrame(out, index=tidy.index), skipped, n_tests
 
 
 def protocol_text(tidy: pd.DataFrame) -> str:
@@ -1123,8 +1305,29 @@ def protocol_text(tidy: pd.DataFrame) -> str:
         f"Mean accuracy (%) with 95% confidence interval ({ci_text}, s with ddof=1) over "
         f"{values('n')} {values('split')} episodes, {values('ways')}-way {values('shots')}-shot, "
         f"{values('queries')} queries per class; {kinds}; episode seed {values('seed')}; "
-        f"episode sets (sha256) {'; '.join(hashes)}; {_inputs_text(tidy)}."
+        f"episode sets (sha256) {'; '.join(hashes)}; {_inputs_text(tidy)}{_features_text(tidy)}."
     )
+
+
+def _features_text(tidy: pd.DataFrame) -> str:
+    """``; features: CL2N (base-class mean)`` when every row used one preprocessing chain, else per
+    method (``protonet: none ...; simpleshot: CL2N ...``), else per row and method; ``""`` when no
+    row recorded one (runs written before preprocessing was recorded)."""
+    if "preprocess" not in tidy:
+        return ""
+    per = tidy[tidy["preprocess"].notna()].drop_duplicates(["label", "method", "preprocess"])
+    if per.empty:
+        return ""
+    if per["preprocess"].nunique() == 1:
+        text = str(per["preprocess_text"].iloc[0])
+    elif per.groupby("method")["preprocess"].nunique().max() == 1:
+        one = per.drop_duplicates("method")
+        text = "; ".join(f"{m}: {t}" for m, t in zip(one["method"], one["preprocess_text"], strict=True))
+    else:
+        text = "; ".join(f"{lab}, {m}: {t}"
+                         for lab, m, t in zip(per["label"], per["method"], per["preprocess_text"], strict=True))
+    centred = any(part in ("center", "cl2n") for spec in per["preprocess"] for part in str(spec).split("+"))
+    return f"; features: {text}" + ("; base-class mean: the mean feature of the train (base) split" if centred else "")
 
 
 def _inputs_text(tidy: pd.DataFrame) -> str:
@@ -1211,49 +1414,97 @@ def _seed_caption(tidy: pd.DataFrame, how: str) -> str:
             "of the per-seed means.")
 
 
-def make_table(
-    runs: Sequence[Run | str | os.PathLike],
-    fmt: str = "latex",
-    baseline: Run | str | os.PathLike | None = None,
-    labels: Mapping[str, str] | None = None,
-    caption: str | None = None,
-    label: str | None = "tab:fewshot",
-    aggregate: str = "median",
-    with_literature: bool | str | os.PathLike | Literature | None = None,
-) -> str:
-    """Render runs as the Table-1 layout of few-shot papers; returns the text.
+@dataclass(frozen=True, eq=False)
+class _Table:
+    """Everything :func:`make_tables` renders, computed once for all formats."""
 
-    Rows: one per configuration (:func:`seed_groups`: runs that differ only in the
-    fine-tuning seed share a row; x method when the runs hold several methods), labelled
-    from the checkpoint metadata (``"arch (loss)"``) or ``labels`` (``{run_path: text}``;
-    the same text for several runs groups them). Columns: dataset (display name) x
-    ``"1-shot"``/``"5-shot"`` (also split, ways or queries when they vary). Cells:
-    ``mean±ci95`` in percent with two decimals (``$\\pm$`` in LaTeX); for a row of several
-    seeds the mean is the ``aggregate`` (``"median"`` or ``"mean"``, :func:`aggregate_seeds`)
-    of the per-seed means, ± the episode CI of that value (:func:`groups_frame`), followed
-    by ``[min–max]`` of the per-seed means. The best mean of each column is bold (ties at
-    two decimals all bold). With ``baseline`` (any run of the baseline row, added to the
-    rows when not among ``runs``), a dagger marks a cell above the baseline in every seed
-    pair by a two-sided paired t-test on identical episodes, p < 0.05 after Holm over the
-    seed pairs of the cell (one pair: unadjusted; refused with
-    :class:`~fewshot_bench.errors.EpisodeError` when the episode sets differ).
+    tidy: pd.DataFrame  # one row per table row x column, ours then the literature's
+    rows: list[str]
+    col_order: list[tuple[str, str]]
+    lit: Literature | None
+    lit_rows: list[str]
+    base: SeedGroup | None
+    several_seeds: bool
+    n_tests: int
+    skipped: list[dict]
+    caption: str | None
+    protocol: str
+    seed_rule: str
+    aggregate: str
+    label: str | None
 
-    ``with_literature`` (``True`` for the bundled :data:`~fewshot_bench.literature.DEFAULT_SOURCE`,
-    a bundled key, a CSV path or a :class:`~fewshot_bench.literature.Literature`) appends
-    the published rows that fall in the table's columns, marked ``(reported)``, never bold
-    or daggered, cited in the caption as reported, not reproduced.
 
-    ``fmt``: ``"latex"`` (``table`` float with booktabs rules via
-    ``Styler.to_latex(hrules=True)``; needs ``\\usepackage{booktabs}``), ``"markdown"``
-    (pipe table followed by the caption), ``"csv"`` (two header rows, plain cells, no
-    bold, dagger kept; a ``reported`` column when literature rows are in), ``"csv-long"``
-    (one line per row x column with every number: n_seeds, per-seed means, spread,
-    ``reported``, ...) or ``"json"`` (the same records with the caption). The caption
-    (``caption`` first, then the protocol from :func:`protocol_text`, the seed rule and
-    the legend) goes into every format.
-    """
-    if fmt not in _TABLE_FORMATS:
-        raise ConfigError(f"--format {fmt}: unknown table format; use one of: {', '.join(_TABLE_FORMATS)}")
+def _table_formats(formats: str | Iterable[str]) -> list[str]:
+    """Validate ``formats`` (``"md"`` is ``"markdown"``); duplicates dropped, order kept."""
+    out = []
+    for f in [formats] if isinstance(formats, str) else list(formats):
+        f = _FORMAT_ALIASES.get(str(f), str(f))
+        if f not in _TABLE_FORMATS:
+            raise ConfigError(f"--format {f}: unknown table format; use one of: {', '.join(_TABLE_FORMATS)} "
+                              "(md for markdown)")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise ConfigError(f"--format: give at least one of {', '.join(_TABLE_FORMATS)}")
+    return out
+
+
+def _split_labels(runs: Sequence[Run], labels: Mapping[str, str] | None) -> tuple[dict[str, str], dict, dict]:
+    """``labels`` (``--label OLD=NEW``) as ``(row labels {run path: text}, dataset renames
+    {display name: text}, method renames {method: text})``: OLD is a run folder (a row label,
+    :func:`seed_groups`), else a dataset (any spelling :func:`dataset_display_name` maps to the
+    same name) or a method of the runs (renamed for print). Anything else raises
+    :class:`~fewshot_bench.errors.ConfigError`."""
+    rows: dict[str, str] = {}
+    datasets: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    paths = {r.path.resolve() for r in runs}
+    have_ds = {dataset_display_name(k[0]) for r in runs for k in r.results}
+    have_m = {k[5] for r in runs for k in r.results}
+    for old, new in dict(labels or {}).items():
+        if Path(old).expanduser().resolve() in paths:
+            rows[old] = new
+            continue
+        hit = False
+        if dataset_display_name(old) in have_ds:
+            datasets[dataset_display_name(old)], hit = str(new), True
+        if old in have_m:
+            methods[old], hit = str(new), True
+        if not hit:
+            raise ConfigError(
+                f"--label {old}={new}: {old} is neither one of the runs given nor a dataset "
+                f"({', '.join(sorted(have_ds))}) or method ({', '.join(sorted(have_m))}) of them; "
+                "use RUN=TEXT for a row, DATASET=TEXT or METHOD=TEXT to rename one for print")
+    return rows, datasets, methods
+
+
+def _select(tidy: pd.DataFrame, methods: Sequence[str] | None, datasets: Sequence[str] | None) -> pd.DataFrame:
+    """Keep the rows of ``methods`` / ``datasets`` (``None``: all), adding ``method_rank`` and
+    ``dataset_rank`` (their position in the list given; 0 when not given)."""
+    tidy = tidy.copy()
+    for col, wanted, flag, norm in (("method", methods, "--methods", str),
+                                    ("dataset", datasets, "--datasets", dataset_display_name)):
+        if wanted is None:
+            tidy[f"{col}_rank"] = 0
+            continue
+        have = list(dict.fromkeys(norm(v) for v in tidy[col]))
+        rank = {}
+        for name in wanted:
+            if norm(name) not in have:
+                raise ConfigError(f"{flag} {name}: no result of the runs has that {col}; they hold "
+                                  f"{', '.join(have)}")
+            rank.setdefault(norm(name), len(rank))
+        tidy = tidy[[norm(v) in rank for v in tidy[col]]].copy()
+        tidy[f"{col}_rank"] = [rank[norm(v)] for v in tidy[col]]
+    if tidy.empty:
+        raise ConfigError("--methods / --datasets: no run holds a result for those methods on those datasets")
+    return tidy
+
+
+def _table(runs: Sequence[Run | str | os.PathLike], baseline: Run | str | os.PathLike | None,
+           labels: Mapping[str, str] | None, caption: str | None, label: str | None, aggregate: str,
+           with_literature: Any, methods: Sequence[str] | None, datasets: Sequence[str] | None) -> _Table:
+    """The format-independent part of :func:`make_tables`."""
     if aggregate not in AGGREGATES:
         raise ConfigError(f"--aggregate {aggregate}: unknown rule; use one of: {', '.join(AGGREGATES)}")
     lit = _literature(with_literature)
@@ -1266,135 +1517,248 @@ def make_table(
             base_run = match[0]
         else:
             run_list.append(base_run)
-    groups = seed_groups(run_list, labels)
+    row_labels, ds_names, method_names = _split_labels(run_list, labels)
+    groups = seed_groups(run_list, row_labels)
     by_label = {g.label: g for g in groups}
     base_group = None
     if base_run is not None:
         base_group = next(g for g in groups if any(r is base_run for r in g.runs))
-    tidy = _column_names(groups_frame(groups, aggregate=aggregate))
-    tidy["row"] = _row_labels(tidy)
-    tidy["dagger"] = _beats_baseline(tidy, by_label, base_group) if base_group is not None else False
-
+    tidy = _column_names(_select(groups_frame(groups, aggregate=aggregate), methods, datasets), ds_names)
+    tidy["row"] = _row_labels(tidy, method_names)
     dup = tidy.duplicated(["row", "col_dataset", "col_shots"], keep=False)
     if dup.any():
         r = tidy[dup].iloc[0]
         raise ConfigError(f"two results fall in one table cell ({r['row']}, {r['col_dataset']} {r['col_shots']}); "
                           "give the runs distinct --label values")
-
-    tidy["mean_pct"] = (100 * tidy["mean"]).round(2)
-    best = tidy.groupby(["col_dataset", "col_shots"])["mean_pct"].transform("max")
-    tidy["best"] = tidy["mean_pct"] == best
+    skipped: list[dict] = []
+    n_tests = 0
+    if base_group is not None:
+        sig, skipped, n_tests = _vs_baseline(tidy, by_label, base_group)
+        tidy = tidy.join(sig)
+    else:
+        tidy = tidy.assign(significance=None, p_t=None, p_t_holm=None, diff_vs_baseline=None)
+    tidy["dagger"] = tidy["significance"] == "better"
+    tidy["mean_pct"] = [float(pct(m)) for m in tidy["mean"]]  # bold: the best mean as printed
+    tidy["best"] = tidy["mean_pct"] == tidy.groupby(["col_dataset", "col_shots"])["mean_pct"].transform("max")
     tidy["reported"] = False
     tidy["source"] = None
     tidy["note"] = ""
-    protocol = protocol_text(tidy)
+    shown = tidy.assign(method=[method_names.get(m, m) for m in tidy["method"]],
+                        dataset=[ds_names.get(dataset_display_name(d), d) for d in tidy["dataset"]])
+    protocol = protocol_text(shown)
     seed_rule = _seed_caption(tidy, aggregate)
-    rows = list(dict.fromkeys(tidy["row"]))
-    datasets = sorted(dict.fromkeys(tidy["col_dataset"]), key=_dataset_rank)
+    rows = list(dict.fromkeys(tidy.sort_values("method_rank", kind="stable")["row"]))
     col_order = []
-    for d in datasets:
-        sub = tidy[tidy["col_dataset"] == d].sort_values(["ways", "shots", "queries"])
-        col_order += [(d, s) for s in dict.fromkeys(sub["col_shots"])]
+    ordered = tidy.sort_values(["dataset_rank", "col_rank", "ways", "shots", "queries"], kind="stable")
+    for d in dict.fromkeys(ordered["col_dataset"]):
+        col_order += [(d, s) for s in dict.fromkeys(ordered[ordered["col_dataset"] == d]["col_shots"])]
     lit_rows: list[str] = []
     if lit is not None:
         extra = _literature_rows(lit, tidy)
-        extra["mean_pct"] = (100 * extra["mean"]).round(2)
+        extra["mean_pct"] = [float(pct(m)) for m in extra["mean"]]
         extra["best"] = False
+        extra["significance"] = None
         lit_rows = [r for r in dict.fromkeys(extra["row"]) if r not in rows]
         tidy = pd.concat([tidy, extra], ignore_index=True)
         rows += lit_rows
+    return _Table(tidy=tidy, rows=rows, col_order=col_order, lit=lit, lit_rows=lit_rows, base=base_group,
+                  several_seeds=any(len(g.runs) > 1 for g in groups), n_tests=n_tests, skipped=skipped,
+                  caption=caption, protocol=protocol, seed_rule=seed_rule, aggregate=aggregate, label=label)
 
+
+def make_tables(
+    runs: Sequence[Run | str | os.PathLike],
+    formats: str | Iterable[str] = ("latex",),
+    baseline: Run | str | os.PathLike | None = None,
+    labels: Mapping[str, str] | None = None,
+    caption: str | None = None,
+    label: str | None = "tab:fewshot",
+    aggregate: str = "median",
+    with_literature: bool | str | os.PathLike | Literature | None = None,
+    methods: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+) -> dict[str, str]:
+    """Render runs as the Table-1 layout of few-shot papers in several formats at once:
+    ``{format: text}`` for each of ``formats`` (see :func:`make_table`; ``"md"`` is
+    ``"markdown"``). The rows, cells and tests are computed once for all formats."""
+    fmts = _table_formats(formats)
+    t = _table(runs, baseline, labels, caption, label, aggregate, with_literature, methods, datasets)
+    return {f: _render_table(t, f) for f in fmts}
+
+
+def make_table(
+    runs: Sequence[Run | str | os.PathLike],
+    fmt: str = "latex",
+    baseline: Run | str | os.PathLike | None = None,
+    labels: Mapping[str, str] | None = None,
+    caption: str | None = None,
+    label: str | None = "tab:fewshot",
+    aggregate: str = "median",
+    with_literature: bool | str | os.PathLike | Literature | None = None,
+    methods: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+) -> str:
+    """Render runs as the Table-1 layout of few-shot papers; returns the text.
+
+    Rows: one per configuration (:func:`seed_groups`: runs that differ only in the
+    fine-tuning seed share a row; x method when the runs hold several), labelled
+    from the checkpoint metadata (``"arch (loss)"``) or ``labels``. ``labels`` maps
+    ``OLD`` to ``NEW`` (``--label OLD=NEW``): a run path gets row label ``NEW`` (the same
+    text for several runs groups them as seeds); a dataset (any spelling of it) or a method
+    of the runs is printed as ``NEW`` (columns, row labels and caption; the machine-readable
+    records keep the stored names). ``methods`` / ``datasets`` keep only those methods /
+    datasets, in that order (rows by method, columns by dataset; unknown names raise
+    :class:`~fewshot_bench.errors.ConfigError`). Columns: dataset (display name) x
+    ``"1-shot"``/``"5-shot"`` (also split, ways or queries when they vary). Cells:
+    ``mean±ci95`` in percent by :func:`pct` (``$\\pm$`` in LaTeX); for a row of several
+    seeds the mean is the ``aggregate`` (``"median"`` or ``"mean"``, :func:`aggregate_seeds`)
+    of the per-seed means, ± the episode CI of that value (:func:`groups_frame`), followed
+    by ``[min–max]`` of the per-seed means. The best mean of each column is bold (ties at
+    two decimals all bold).
+
+    With ``baseline`` (any run of the baseline row, added to the rows when not among ``runs``)
+    every cell is tested against the baseline's cell (:func:`_vs_baseline`): two-sided paired
+    t-tests on identical episodes, seed pair by seed pair, Holm-adjusted over every test of the
+    table; ``†`` marks a cell above the baseline in every seed pair with adjusted p <
+    :data:`TABLE_ALPHA`, ``‡`` one below it. Cells that cannot be paired (other episodes, no
+    baseline result, no shared seed) are not tested; the caption lists them.
+
+    ``with_literature`` (``True`` for the bundled :data:`~fewshot_bench.literature.DEFAULT_SOURCE`,
+    a bundled key, a CSV path or a :class:`~fewshot_bench.literature.Literature`) appends
+    the published rows that fall in the table's columns, marked ``(reported)``, never bold
+    or marked, cited in the caption as reported, not reproduced.
+
+    ``fmt``: ``"latex"`` (``table`` float with booktabs rules via
+    ``Styler.to_latex(hrules=True)``; needs ``\\usepackage{booktabs}``), ``"markdown"``
+    (pipe table followed by the caption), ``"csv"`` (two header rows, plain cells, no
+    bold, marks kept; a ``reported`` column when literature rows are in), ``"csv-long"``
+    (one line per row x column with every number: n_seeds, per-seed means, spread,
+    ``reported``, the tests against the baseline, ...) or ``"json"`` (the same records with
+    the caption and the untested cells). The caption (``caption`` first -- not escaped, so it
+    may hold LaTeX --, then the protocol from :func:`protocol_text`, the seed rule and the
+    legend) goes into every format. :func:`make_tables` renders several formats in one go.
+    """
+    return make_tables(runs, (fmt,), baseline=baseline, labels=labels, caption=caption, label=label,
+                       aggregate=aggregate, with_literature=with_literature, methods=methods,
+                       datasets=datasets)[_FORMAT_ALIASES.get(fmt, fmt)]
+
+
+def _legend(t: _Table, latex: bool, decorated: bool) -> str:
+    """The caption's legend: bold, the marks against the baseline, and the untested cells."""
+    legend = "Best mean per column in bold." if decorated else ""
+    if t.base is None:
+        return legend
+    dagger, ddagger = (r"$^\dagger$", r"$^\ddagger$") if latex else ("†", "‡")
+    esc = _latex_text if latex else str
+    p_text = rf"$p < {TABLE_ALPHA:g}$" if latex else f"p < {TABLE_ALPHA:g}"
+    if t.n_tests <= 1:
+        holm = f"{p_text} (a single test: not adjusted for multiple comparisons)"
+    elif t.several_seeds:
+        holm = f"{p_text} after Holm over the seed pairs and cells of this table ({t.n_tests} tests)"
+    else:
+        holm = f"{p_text} after Holm over the {t.n_tests} cells tested"
+    every = "in every fine-tuning seed pair (seed s against seed s) " if t.several_seeds else ""
+    legend += (f" {dagger} / {ddagger}: mean above / below the baseline ({esc(t.base.label)}) {every}by a two-sided "
+               f"paired t-test on the same episodes, {holm}.")
+    if t.skipped:
+        cells = "; ".join(f"{s['row']}, {s['column']} ({_SKIP_SHORT.get(s['reason'], s['reason'])})"
+                          for s in t.skipped)
+        legend += " " + esc(f"Not tested against the baseline: {cells}.")
+    return legend
+
+
+def _render_table(t: _Table, fmt: str) -> str:
+    """One format of :func:`make_tables`."""
     latex = fmt == "latex"
+    decorated = fmt in ("latex", "markdown")
     pm = r"$\pm$" if latex else "±"
-    dagger = r"$^\dagger$" if latex else "†"
+    marks = {"better": r"$^\dagger$" if latex else "†", "worse": r"$^\ddagger$" if latex else "‡"}
     dash = "--" if latex else "–"
 
-    def cell(r: pd.Series, plain: bool = False) -> str:
-        ci = "nan" if math.isnan(r["ci95"]) else f"{100 * r['ci95']:.2f}"
+    def cell(r: pd.Series) -> str:
         if r["reported"]:
-            return f"{r['mean_pct']:.2f}" + ("" if math.isnan(r["ci95"]) else f"{pm}{ci}")
-        text = f"{r['mean_pct']:.2f}{pm}{ci}"
-        if r["best"] and not plain:
+            return fmt_pct(r["mean"], None if math.isnan(r["ci95"]) else r["ci95"], pm)
+        text = fmt_pct(r["mean"], r["ci95"], pm)
+        if r["best"] and decorated:
             text = rf"\textbf{{{text}}}" if latex else f"**{text}**"
-        text += dagger if r["dagger"] else ""
+        text += marks.get(r["significance"], "")
         if r["n_seeds"] > 1:
-            text += f" [{100 * r['seed_min']:.2f}{dash}{100 * r['seed_max']:.2f}]"
+            text += f" [{pct(r['seed_min'])}{dash}{pct(r['seed_max'])}]"
         return text
 
-    tidy["cell"] = tidy.apply(cell, axis=1, plain=fmt != "latex" and fmt != "markdown")
-
-    legend = "" if fmt != "latex" and fmt != "markdown" else "Best mean per column in bold."
-    if base_group is not None:
-        bname = base_group.label
-        several = any(len(g.runs) > 1 for g in groups)
-        what = ("in every fine-tuning seed pair (seed s against seed s) by a two-sided paired t-test on the same "
-                f"episodes, p < {TABLE_ALPHA:g} after Holm over the seed pairs of each cell (one pair: unadjusted)."
-                if several else
-                f"by a two-sided paired t-test on the same episodes, p < {TABLE_ALPHA:g} (not adjusted for multiple "
-                "comparisons).")
-        legend += f" {dagger}: mean above the baseline ({latex_escape(bname) if latex else bname}) {what}"
+    tidy = t.tidy.assign(cell=t.tidy.apply(cell, axis=1))
     footnote = ""
-    if lit is not None:
-        footnote = (f"Rows marked (reported): numbers reported in {lit.reference}, not reproduced by fewshot-bench; "
+    if t.lit is not None:
+        footnote = (f"Rows marked (reported): numbers reported in {t.lit.reference}, not reproduced by fewshot-bench; "
                     "their ± is the published 95% CI, over the paper's own episodes.")
+    protocol, seed_rule = t.protocol, t.seed_rule
     if latex:
         protocol, seed_rule, footnote = (_latex_text(s) for s in (protocol, seed_rule, footnote))
-    parts = (caption, protocol, seed_rule, legend, footnote)
+    parts = (t.caption, protocol, seed_rule, _legend(t, latex, decorated), footnote)
     full_caption = " ".join(p.strip() for p in parts if p and p.strip())
 
     if fmt in ("csv-long", "json"):
-        return _long_output(tidy, rows, fmt, full_caption, aggregate, lit, base_group)
+        return _long_output(tidy, t, fmt, full_caption)
     wide = tidy.pivot(index="row", columns=["col_dataset", "col_shots"], values="cell")
-    wide = wide.reindex(index=rows, columns=pd.MultiIndex.from_tuples(col_order)).fillna("--" if latex else "")
+    wide = wide.reindex(index=t.rows, columns=pd.MultiIndex.from_tuples(t.col_order)).fillna("--" if latex else "")
     if latex:
-        return _to_latex(wide, full_caption, label, first_reported=lit_rows[0] if lit_rows else None)
+        return _to_latex(wide, full_caption, t.label, first_reported=t.lit_rows[0] if t.lit_rows else None)
     if fmt == "markdown":
         return _to_markdown(wide) + "\n\n" + full_caption + "\n"
     flat = wide.copy()
     flat.columns = flat.columns.set_names(["dataset", "model"])
-    if lit is not None:
-        flat[("reported", "reported")] = [r in lit_rows for r in flat.index]
+    if t.lit is not None:
+        flat[("reported", "reported")] = [r in t.lit_rows for r in flat.index]
     return flat.to_csv(lineterminator="\n") + "# " + full_caption + "\n"
 
 
 _LONG_COLUMNS = ("row", "column", "label", "reported", "source", "note", "dataset", "split", "ways", "shots", "queries",
                  "method", "mean", "ci95", "n_episodes", "n_seeds", "seeds", "seed_means", "seed_ci95", "seed_min",
-                 "seed_max", "seed_sd", "aggregate", "ci_seeds", "best", "dagger", "cell", "episodes_sha256")
+                 "seed_max", "seed_sd", "aggregate", "ci_seeds", "best", "dagger", "cell", "episodes_sha256",
+                 "significance", "diff_vs_baseline", "p_t", "p_t_holm")
 
 
-def _long_output(tidy: pd.DataFrame, rows: list[str], fmt: str, caption: str, aggregate: str,
-                 lit: Literature | None, base: SeedGroup | None) -> str:
+def _long_value(v: Any) -> Any:
+    """A tidy value as plain JSON: tuples as lists, NaN as ``None``, numpy scalars as Python ones."""
+    if isinstance(v, (tuple, list)):
+        return [_long_value(x) for x in v]
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return _long_value(v.item())
+    return v
+
+
+def _long_output(tidy: pd.DataFrame, t: _Table, fmt: str, caption: str) -> str:
     """``csv-long`` / ``json``: one record per table row x column, all numbers as fractions."""
     records = []
-    order = {r: i for i, r in enumerate(rows)}
+    order = {r: i for i, r in enumerate(t.rows)}
     for _, r in tidy.sort_values("row", key=lambda s: s.map(order), kind="stable").iterrows():
-        rec = {"row": r["row"], "column": None}
+        rec = {"row": r["row"], "column": f"{r['col_dataset']} {r['col_shots']}"}
         for col in _LONG_COLUMNS[2:]:
-            src = "n" if col == "n_episodes" else col
-            v = r.get(src)
-            if isinstance(v, tuple):
-                v = list(v)
-            elif v is None or (isinstance(v, float) and math.isnan(v)):
-                v = None
-            elif isinstance(v, (np.integer, np.floating, np.bool_)):
-                v = v.item()
+            v = _long_value(r.get("n" if col == "n_episodes" else col))
             if col in ("n_episodes", "n_seeds", "queries", "ways", "shots") and isinstance(v, float):
                 v = int(v)
             rec[col] = v
         rec["dataset"] = dataset_display_name(rec["dataset"])
-        rec["column"] = f"{r['col_dataset']} {r['col_shots']}"
         records.append(rec)
     if fmt == "json":
+        lit = t.lit
         return json.dumps({
             "format": TABLE_FORMAT,
             "format_version": 1,
             "caption": caption,
-            "aggregate": aggregate,
+            "aggregate": t.aggregate,
             "alpha": TABLE_ALPHA,
-            "baseline": None if base is None else base.label,
+            "baseline": None if t.base is None else t.base.label,
+            "tests": "two-sided paired t-test (scipy.stats.ttest_rel) of each cell against the baseline's, seed "
+                     "pair by seed pair, on identical episodes",
+            "holm": "Holm-Bonferroni over every test of this table (all cells and seed pairs)",
+            "n_tests": t.n_tests,
             "literature": [] if lit is None else [{"key": lit.key, "citation": lit.citation, "url": lit.url,
                                                    "version": lit.version, "table": lit.table}],
             "rows": records,
+            "skipped": [{k: _long_value(v) for k, v in s.items()} for s in t.skipped],
         }, indent=2) + "\n"
     flat = pd.DataFrame([
         {k: (";".join("" if x is None else f"{x:.10g}" if isinstance(x, float) else str(x) for x in v)

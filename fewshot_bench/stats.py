@@ -239,7 +239,9 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     m = idx.size
     if m == 0:
         return out
-    order = np.argsort(p[idx], kind="stable")
+    # any sort will do: tied p-values end with equal adjusted values (the running maximum carries the
+    # first one's larger multiplier over the rest of the tie), whichever order the tie is in
+    order = np.argsort(p[idx])
     scaled = (m - np.arange(m)) * p[idx][order]
     adjusted = np.minimum(np.maximum.accumulate(scaled), 1.0)
     out[idx[order]] = adjusted

@@ -50,7 +50,8 @@ class Study:
 
     ``finetune`` holds the keyword arguments every fine-tuning run shares (``epochs``, ``lr``,
     ``batch_size``, ``temperature``, ``transform``...); ``sweep`` names a key of :data:`SWEEPS`
-    and ``values`` its values (one fine-tuning per loss × value × seed).
+    and ``values`` its values (one fine-tuning per loss × value × seed). ``preprocess`` replaces
+    every method's feature preprocessing chain (``--preprocess``; ``None``: each method's own).
     """
 
     arch: str
@@ -67,6 +68,7 @@ class Study:
     episode_seed: int = 0
     methods: Sequence[str] = ("protonet",)
     aggregate: str = "median"
+    preprocess: str | None = None
 
     def settings(self) -> list[tuple[str, dict[str, Any], str]]:
         """``(loss, finetune kwargs, row label)`` for every row of the study.
@@ -103,6 +105,7 @@ def _check(study: Study) -> None:
     finished run): losses, seeds, methods, swept values (each one built into its loss)."""
     from .errors import UnknownNameError
     from .methods import get_method_class
+    from .preprocess import parse_preprocessing
     from .train.losses import create_loss, get_loss_class
 
     if not study.losses:
@@ -116,6 +119,8 @@ def _check(study: Study) -> None:
         raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0 1 2")
     for name in study.methods:
         get_method_class(name)
+    if study.preprocess is not None:
+        parse_preprocessing(study.preprocess, what="--preprocess")
     if study.sweep is not None:
         if study.sweep not in SWEEPS:
             raise ConfigError(f"unknown sweep {study.sweep!r}; choose from {', '.join(SWEEPS)}")
@@ -173,8 +178,8 @@ def run_study(study: Study, out: str | Path, *, load_split: Callable[[str, str],
                 cfg = EvalConfig(checkpoint=str(path), arch=None, datasets=[dataset], split="test",
                                  ways=study.ways, shots=tuple(study.shots), queries=study.queries,
                                  episodes=study.episodes, seed=study.episode_seed, methods=tuple(study.methods),
-                                 cache_dir=cache_dir, episodes_dir=str(episodes_dir), device=device,
-                                 progress=progress)
+                                 preprocess=study.preprocess, cache_dir=cache_dir, episodes_dir=str(episodes_dir),
+                                 device=device, progress=progress)
                 result = run_benchmark(cfg, load_split=load_split, log=lambda m: None)
                 write_run(run_dir, result)
                 runs.append(str(run_dir))

@@ -49,6 +49,8 @@ def make_run(
     format_version: int = 1,
     checkpoint_meta: Mapping[str, Any] | None = None,
     finetune_seed: Any = _SAME,
+    preprocess: Mapping[str, str] | None = None,
+    protocols: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write ``path/per_episode.csv`` and ``path/summary.json``; return ``path``.
 
@@ -58,6 +60,9 @@ def make_run(
     given in ``episodes_sha256`` (same keys). ``seed`` is the episode seed and, unless
     ``finetune_seed`` is given, also the checkpoint's fine-tuning seed (``meta["seed"]``);
     ``finetune_seed=None`` writes a checkpoint without one (a third-party checkpoint).
+    ``preprocess`` maps methods to the chain recorded in their results (``"preprocess"``; absent
+    otherwise, as in runs written before it was recorded); ``protocols`` is written as
+    ``summary["protocols"]`` (per dataset: transform, image_size, pool, source, forced).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -77,6 +82,8 @@ def make_run(
             "ci95": None if ci.ci != ci.ci else ci.ci, "ci_method": ci_method,
             "n_episodes": int(acc.size), "episodes_sha256": h,
         })
+        if preprocess and method in preprocess:
+            results[-1]["preprocess"] = preprocess[method]
         ef = {"dataset": dataset, "split": split, "shots": shots,
               "file": f"episodes/{dataset}-{split}-{ways}w{shots}s{queries}q-seed{seed}.episodes.zip", "sha256": h}
         if ef not in episode_files:
@@ -102,6 +109,8 @@ def make_run(
         "episode_files": episode_files,
         "results": results,
     }
+    if protocols is not None:
+        summary["protocols"] = {k: dict(v) for k, v in protocols.items()}
     (path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return path
 
@@ -117,3 +126,17 @@ def make_seed_runs(
     ``results_per_episode`` of :func:`make_run`. Returns the folders in seed order."""
     return [make_run(Path(root) / f"{name}-s{s}", results, finetune_seed=s, **kw)
             for s, results in sorted(per_seed.items())]
+
+
+def borderline_pair(p: float, n: int = 20, base: float = 0.5, sign: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)``: per-episode accuracies whose two-sided paired t-test gives exactly ``p``, with
+    ``mean(a - b)`` of the sign of ``sign`` (differences ``c + e``, ``e = ±0.1`` alternating, ``c``
+    solved from the t quantile)."""
+    import math
+
+    import scipy.stats
+
+    e = np.tile([0.1, -0.1], n // 2)
+    c = scipy.stats.t.ppf(1 - p / 2, n - 1) * e.std(ddof=1) / math.sqrt(n)
+    b = np.full(n, base) + np.linspace(-0.05, 0.05, n)
+    return b + sign * c + e, b

@@ -14,7 +14,14 @@ import torch
 
 from fewshot_bench.backbones import create_backbone, save_checkpoint
 from fewshot_bench.cli import main
-from fewshot_bench.episodes import EpisodeSet, EpisodeSpec, default_filename
+from fewshot_bench.episodes import (
+    EpisodeSet,
+    EpisodeSpec,
+    data_identity,
+    default_filename,
+    shipped_folder,
+    structure_identity,
+)
 
 import synth
 
@@ -68,7 +75,9 @@ def test_eval_writes_run_folder_and_matches_scipy(env, capsys):
         assert r["std"] == pytest.approx(acc.std(ddof=1), abs=1e-12)
         assert r["n_episodes"] == 40 and r["ci_method"] == "t" and r["transductive"] is False
     # the episode files record the data they were drawn from
-    eps = EpisodeSet.load(env["episodes"] / default_filename("cifar-fs", "test", EpisodeSpec(5, 1, 1, 40, 0)))
+    eps = EpisodeSet.load(summary["episode_files"][0]["file"])
+    assert eps.path == env["episodes"] / default_filename("cifar-fs", "test", EpisodeSpec(5, 1, 1, 40, 0),
+                                                          data_identity(eps.data_fingerprint))
     assert eps.data_fingerprint is not None and eps.sha256() == summary["episode_files"][0]["sha256"]
 
 
@@ -90,7 +99,10 @@ def test_episodes_command_is_byte_stable_and_needs_no_data(tmp_path, capsys):
     args = ["episodes", "--dataset", "cifar-fs", "--split", "test", "--shots", "1", "--episodes", "50"]
     assert main([*args, "--out-dir", str(tmp_path / "a")]) == 0
     assert main([*args, "--out-dir", str(tmp_path / "b")]) == 0
-    name = default_filename("cifar-fs", "test", EpisodeSpec(5, 1, 15, 50, 0))
+    from fewshot_bench.data import class_structure
+
+    name = default_filename("cifar-fs", "test", EpisodeSpec(5, 1, 15, 50, 0),
+                            structure_identity(*class_structure("cifar-fs", "test")))
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     eps = EpisodeSet.load(tmp_path / "a" / name)
     assert eps.data_fingerprint is None and eps.class_sizes == (600,) * 20
@@ -100,12 +112,13 @@ def test_episodes_command_is_byte_stable_and_needs_no_data(tmp_path, capsys):
 @pytest.mark.parametrize("split", ["val", "test"])
 @pytest.mark.parametrize("dataset", ["cifar-fs", "fc100", "miniimagenet"])
 def test_shipped_episode_files_are_the_canonical_draws(dataset, split, shots, request):
-    """The files in episodes/ are exactly what `fewshot-bench episodes` regenerates."""
-    shipped = request.config.rootpath / "episodes" / default_filename(dataset, split, EpisodeSpec(shots=shots))
-    assert shipped.is_file(), f"{shipped.name} is no longer shipped in episodes/"
+    """The shipped files (package data) are exactly what `fewshot-bench episodes` regenerates."""
     from fewshot_bench.data import class_structure
 
     names, sizes = class_structure(dataset, split)
+    shipped = shipped_folder() / default_filename(dataset, split, EpisodeSpec(shots=shots),
+                                                  structure_identity(names, sizes))
+    assert shipped.is_file(), f"{shipped.name} is no longer shipped in fewshot_bench/episode_files/"
     fresh = EpisodeSet.draw(EpisodeSpec(shots=shots), dataset=dataset, split=split, class_names=names,
                             class_sizes=sizes)
     assert fresh.to_bytes() == shipped.read_bytes()
@@ -113,12 +126,13 @@ def test_shipped_episode_files_are_the_canonical_draws(dataset, split, shots, re
 
 @pytest.mark.parametrize("shots", [1, 5])
 def test_shipped_digits_episodes_are_the_demo_draws(shots, request, tmp_path):
-    """The demo's episode files in episodes/ are bound to scikit-learn's digits and regenerate byte for byte."""
+    """The demo's shipped episode files are bound to scikit-learn's digits and regenerate byte for byte."""
     from fewshot_bench.data.digits import load_digits_split
 
-    shipped = request.config.rootpath / "episodes" / default_filename("digits", "test", EpisodeSpec(shots=shots))
-    assert shipped.is_file(), f"{shipped.name} is no longer shipped in episodes/"
     novel = load_digits_split("test", cache_dir=tmp_path)
+    shipped = shipped_folder() / default_filename("digits", "test", EpisodeSpec(shots=shots),
+                                                  data_identity(novel.fingerprint))
+    assert shipped.is_file(), f"{shipped.name} is no longer shipped in fewshot_bench/episode_files/"
     fresh = EpisodeSet.from_split(EpisodeSpec(shots=shots), novel)
     assert fresh.data_fingerprint == novel.fingerprint
     assert fresh.to_bytes() == shipped.read_bytes()
@@ -209,8 +223,11 @@ def test_checkpoint_of_another_arch_is_refused(env, capsys):
 def test_episode_file_from_other_data_is_refused(env, capsys):
     spec = EpisodeSpec(5, 1, 1, 5, 0)
     names = [f"class{i}" for i in range(20)]
+    from fewshot_bench.data import load_split
+
+    fingerprint = load_split("cifar-fs", "test", env["data"], cache_dir=env["cache"], progress=False).fingerprint
     EpisodeSet.draw(spec, dataset="cifar-fs", split="test", class_names=names, class_sizes=[3] * 20).save(
-        env["episodes"] / default_filename("cifar-fs", "test", spec))
+        env["episodes"] / default_filename("cifar-fs", "test", spec, data_identity(fingerprint)))
     assert main(["eval", "--checkpoint", str(env["ckpt"]), "--arch", "conv4", "--dataset", "cifar-fs",
                  "--data-root", str(env["data"]), "--shots", "1", "--queries", "1", "--episodes", "5",
                  "--cache-dir", str(env["cache"]), "--episodes-dir", str(env["episodes"]),
@@ -274,7 +291,8 @@ def test_plot_and_diagnose_commands(tmp_path, capsys):
     b = make_run(tmp_path / "b", {k: np.clip(v + 0.02, 0, 1) for k, v in accs.items()})
     assert main(["plot", str(a), str(b), "--out", str(tmp_path / "plots")]) == 0
     written = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert written == ["accuracy.pdf", "accuracy.png", "paired_differences_a_vs_b.pdf", "paired_differences_a_vs_b.png"]
+    assert written == ["accuracy.pdf", "accuracy.png", "differences.pdf", "differences.png",
+                       "paired_differences_b_vs_a.pdf", "paired_differences_b_vs_a.png", "plots.json"]
     capsys.readouterr()
     assert main(["diagnose", "--checkpoint", "none", "--arch", "conv4", "--dataset", "digits", "--data-root",
                  str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "diag")]) == 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import threading
 import types
 import warnings
@@ -13,7 +15,7 @@ import torch
 
 import fewshot_bench.features as F
 from fewshot_bench.backbones import create_backbone, save_checkpoint
-from fewshot_bench.errors import CheckpointError, DataError
+from fewshot_bench.errors import CacheError, CheckpointError, ConfigError, DataError
 from fewshot_bench.features import extract_features, feature_cache_key, get_features
 
 ARCH_KW = {"hidden": 8}  # a tiny conv4 keeps every test well under a second
@@ -186,20 +188,30 @@ def test_failure_midway_leaves_no_entry(tmp_path, monkeypatch):
     assert [p.name for p in root.iterdir()] == [".locks"]
 
     monkeypatch.setattr(F, "create_backbone", real)
-    monkeypatch.setattr(F, "atomic_write_json", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError, match="disk full"):
-        features(tmp_path, split)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(F, "atomic_write_json", lambda *a: (_ for _ in ()).throw(full))
+    entry = entry_dir(tmp_path, split)
+    with pytest.raises(CacheError, match="^" + re.escape(f"{entry}: cannot write, the disk is full")):
+        features(tmp_path, split)  # the entry's name, not its temporary's
     assert [p.name for p in root.iterdir()] == [".locks"]
 
 
-def test_stale_temp_folder_from_killed_run_is_ignored_and_cleaned(tmp_path):
+def test_temporaries_of_a_killed_run_are_ignored_and_cleaned(tmp_path):
     split = make_split()
     key = entry_dir(tmp_path, split).name
-    stale = tmp_path / "features" / f".tmp-{key}-999-deadbeef"
-    stale.mkdir(parents=True)
-    (stale / "features.npy").write_bytes(b"half written")
+    root = tmp_path / "features"
+    half = root / f".{key}.999-deadbeef.tmp"  # atomic_dir's temporary: complete-looking, never renamed
+    half.mkdir(parents=True)
+    (half / "features.npy").write_bytes(b"half written")
+    (half / "meta.json").write_text("{}")
+    trash = root / f".{key}.trash-999-0badf00d.tmp"  # a discarded entry not yet deleted
+    trash.mkdir()
+    other = root / f".{'0' * 64}.999-cafe.tmp"  # another entry's build, maybe in progress: not ours
+    other.mkdir()
     out = features(tmp_path, split)
-    assert out.shape == (24, 32) and not stale.exists()
+    assert out.shape == (24, 32)
+    assert not half.exists() and not trash.exists() and other.exists()
+    assert sorted(p.name for p in root.iterdir()) == sorted([".locks", key, other.name])
 
 
 def test_concurrent_calls_compute_once(tmp_path, monkeypatch):
@@ -248,3 +260,258 @@ def test_read_only_memmap_images(tmp_path):
         warnings.simplefilter("error")  # e.g. torch's "non-writable array" warning
         out = features(tmp_path, mm)
     np.testing.assert_array_equal(out, features(tmp_path / "other", split))
+
+
+# ------------------------------------------------------------------------------------ flags and inputs
+
+
+@pytest.mark.parametrize(
+    "amp, device, expected",
+    [
+        (None, "cpu", None),  # default: fp32 on CPU
+        (None, "cuda", "cuda-default"),  # default: autocast on CUDA
+        (False, "cuda", None),
+        (True, "cpu", torch.bfloat16),
+        (torch.float16, "cpu", torch.float16),
+        ("bf16", "cpu", torch.bfloat16),
+        ("BFloat16", "cpu", torch.bfloat16),
+        ("fp16", "cpu", torch.float16),
+        ("Float16", "cpu", torch.float16),
+        ("fp32", "cuda", None),
+        ("float32", "cuda", None),
+        ("None", "cuda", None),
+        ("off", "cuda", None),
+    ],
+)
+def test_amp_flag_values(monkeypatch, amp, device, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # an fp16-only GPU
+    want = torch.float16 if expected == "cuda-default" else expected
+    assert F._resolve_amp(amp, torch.device(device)) is want
+
+
+@pytest.mark.parametrize("amp", ["int8", 3, "bf17"])
+def test_amp_flag_rejects_other_values(amp):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"--amp must be bf16, fp16 or off, got {amp!r}") + "$"):
+        F._resolve_amp(amp, torch.device("cpu"))
+
+
+def test_bf16_autocast_on_cpu_gives_float32_features_close_to_fp32():
+    split = make_split(n=8)
+    torch.manual_seed(0)
+    model = create_backbone("conv4", image_size=32, hidden=8)
+    fp32 = extract_features(model, split.images, "metaoptnet-cifar", progress=False, device="cpu")
+    bf16 = extract_features(model, split.images, "metaoptnet-cifar", progress=False, device="cpu", amp="bf16")
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)  # autocast really ran
+    np.testing.assert_allclose(bf16, fp32, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu", "--device 'gpu' is not a device; use cpu, cuda or cuda:N"),
+        (3.5, "--device 3.5 is not a device; use cpu, cuda or cuda:N"),
+        ("cuda:1", "--device cuda:1 asked for CUDA but none is available; use --device cpu"),
+    ],
+)
+def test_device_flag_errors(tmp_path, monkeypatch, device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        features(tmp_path, make_split(), device=device)
+    assert not entry_dir(tmp_path, make_split()).exists()
+
+
+def test_default_device_without_cuda_is_cpu_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    split = make_split()
+    features(tmp_path, split)
+    meta = json.loads((entry_dir(tmp_path, split) / "meta.json").read_text())
+    assert (meta["device"], meta["amp"]) == ("cpu", None)
+
+
+def test_extract_features_refuses_bad_batch_size_and_bad_backbone_output():
+    split = make_split(n=4)
+    model = create_backbone("conv4", image_size=32, hidden=8)
+    with pytest.raises(ConfigError, match=r"^--batch-size must be >= 1, got 0$"):
+        extract_features(model, split.images, "metaoptnet-cifar", batch_size=0, progress=False)
+
+    class Flat(torch.nn.Module):  # returns (B,) instead of (B, D)
+        arch = "flat"
+
+        def forward(self, x):
+            return x.mean(dim=(1, 2, 3))
+
+    with pytest.raises(ConfigError, match=r"^backbone flat returned \(4,\) for a batch of 4; a backbone must"):
+        extract_features(Flat(), split.images, "metaoptnet-cifar", progress=False)
+
+
+def test_extract_features_of_no_images():
+    model = create_backbone("conv4", image_size=32, hidden=8)
+    empty = np.zeros((0, 32, 32, 3), dtype=np.uint8)
+    out = extract_features(model, empty, "metaoptnet-cifar", progress=False)
+    assert out.shape == (0, model.out_dim) and out.dtype == np.float32
+    assert extract_features(torch.nn.Flatten(), empty, "unit", progress=False).shape == (0, 0)
+
+
+def test_checkpoint_path_errors(tmp_path):
+    split = make_split()
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+missing\.pt not found; check --checkpoint$"):
+        features(tmp_path, split, checkpoint=tmp_path / "missing.pt")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+run is a directory; pass the \.pt/\.pth file inside"):
+        feature_cache_key(tmp_path / "run", "conv4", split, "unit")
+
+
+def test_split_must_look_like_a_split(tmp_path):
+    split = make_split()
+    del split.fingerprint
+    with pytest.raises(ConfigError, match=r"^split object lacks \.fingerprint; pass a fewshot_bench\.data\.Split$"):
+        features(tmp_path, split)
+
+
+# ------------------------------------------------------------------------------------ cache entries
+
+
+def _rewrite_meta(entry, **changes):
+    meta = json.loads((entry / "meta.json").read_text())
+    meta.update(changes)
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("other-key", "meta.json belongs to another key or format"),
+        ("other-format", "meta.json belongs to another key or format"),
+        ("fewer-rows", r"recorded shape \(23, 32\) does not fit 24 images"),
+        ("no-shape", r"recorded shape \(\) does not fit 24 images"),
+        ("float64", r"features.npy is float64 \(24, 32\), meta says float32 \(24, 32\)"),
+        ("not-npy", "features.npy is unreadable"),
+    ],
+)
+def test_entry_that_does_not_fit_is_rebuilt_with_the_reason(tmp_path, damage, reason):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    entry = entry_dir(tmp_path, split)
+    npy = entry / "features.npy"
+    if damage == "other-key":
+        _rewrite_meta(entry, key="0" * 64)
+    elif damage == "other-format":
+        _rewrite_meta(entry, format=F.FEATURES_FORMAT + 1)
+    elif damage == "fewer-rows":
+        _rewrite_meta(entry, shape=[23, 32])
+    elif damage == "no-shape":
+        _rewrite_meta(entry, shape=None)
+    else:  # a consistent checksum over the wrong content
+        if damage == "float64":
+            np.save(npy, good.astype(np.float64))
+        else:
+            npy.write_bytes(b"not an npy file at all")
+        _rewrite_meta(entry, sha256=F.sha256_file(npy))
+    with pytest.warns(RuntimeWarning, match=f"corrupt, rebuilding: {re.escape(str(entry))}: {reason}"):
+        again = features(tmp_path, split)
+    assert np.array_equal(good, np.asarray(again))
+    assert sorted(p.name for p in entry.iterdir()) == ["features.npy", "meta.json"]
+
+
+def test_verify_false_skips_the_checksum(tmp_path):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    npy = entry_dir(tmp_path, split) / "features.npy"
+    data = bytearray(npy.read_bytes())
+    data[-4:] = np.float32(1234.5).tobytes()  # last value changed, size and header intact
+    npy.write_bytes(bytes(data))
+    trusted = features(tmp_path, split, verify=False)
+    assert trusted[-1, -1] == 1234.5 and np.array_equal(trusted[:-1], good[:-1])
+    with pytest.warns(RuntimeWarning, match="checksum mismatch"):
+        assert np.array_equal(features(tmp_path, split), good)
+
+
+def test_allow_partial_gets_entries_of_its_own(tmp_path):
+    split = make_split()
+    torch.manual_seed(3)
+    ck = save_checkpoint(tmp_path / "c4.pt", create_backbone("conv4", image_size=32, hidden=8), {})
+    strict = F._key_fields(ck, "conv4", split, F.get_transform("unit"), 0, ARCH_KW)
+    partial = F._key_fields(ck, "conv4", split, F.get_transform("unit"), 0, ARCH_KW, allow_partial=True)
+    assert partial == {**strict, "partial_load": True} and F._digest(partial) != F._digest(strict)
+    # without a checkpoint there is nothing to load partially: the same entry
+    assert F._key_fields(None, "conv4", split, F.get_transform("unit"), 0, ARCH_KW, allow_partial=True) == (
+        F._key_fields(None, "conv4", split, F.get_transform("unit"), 0, ARCH_KW)
+    )
+
+
+# ------------------------------------------------------------------------------------ under torchrun
+# A group of two ranks played one after the other in this process: the collectives of
+# fewshot_bench.distributed are replaced by what they return on each rank (the real ones run in
+# tests/test_distributed.py with two gloo processes).
+
+
+def _as_rank(monkeypatch, rank, *, shards, rank0_found=False, agree=(True, True)):
+    monkeypatch.setattr(F.D, "get_info", lambda: F.D.DistInfo(rank=rank, world_size=2, local_rank=rank))
+    monkeypatch.setattr(F.D, "broadcast_flag", lambda value, src=0: value if rank == 0 else rank0_found)
+    answers = iter(agree)
+    monkeypatch.setattr(F.D, "agree", lambda ok: bool(ok) and next(answers))
+
+    def gather(local, n, shard_of):
+        assert (len(local), n) == (np.subtract(*shard_of(rank)[::-1]), 24)
+        shards[rank] = np.array(local)
+        return np.concatenate([shards[0], shards[1]]) if rank == 0 else None
+
+    monkeypatch.setattr(F.D, "gather_rows_to_main", gather)
+
+
+def test_sharded_extraction_writes_the_single_process_entry(tmp_path, monkeypatch):
+    split = make_split()
+    single = np.array(features(tmp_path / "single", split))
+    shards = {}
+    _as_rank(monkeypatch, 1, shards=shards)  # rank 1 embeds rows 10..24, then reads what rank 0 wrote ...
+    with pytest.raises(CacheError, match=r"^rank 1 cannot read the feature cache entry rank 0 wrote \(.*meta\.json "
+                       r"is missing\); --cache-dir must be on a file system every rank sees$"):
+        features(tmp_path, split)  # ... which, played alone, it has not yet
+    assert shards[1].shape == (14, 32)
+    _as_rank(monkeypatch, 0, shards=shards)  # rank 0 embeds rows 0..10, gathers, writes
+    out = features(tmp_path, split)
+    assert np.array_equal(np.asarray(out), single)  # the very same bytes as one process
+    meta = json.loads((entry_dir(tmp_path, split) / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["sha256"] == F.sha256_file(entry_dir(tmp_path / "single", split)
+                                                                        / "features.npy")
+    monkeypatch.setattr(F, "create_backbone", lambda *a, **k: pytest.fail("backbone built on a cache hit"))
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, shards=shards, rank0_found=True)
+        assert np.array_equal(np.asarray(features(tmp_path, split)), single)
+
+
+def test_sharded_extraction_rebuilds_a_corrupt_entry(tmp_path, monkeypatch):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    (entry_dir(tmp_path, split) / "features.npy").write_bytes(b"truncated")
+    shards = {1: good[10:]}  # rank 1's part, as it would send it
+    _as_rank(monkeypatch, 0, shards=shards)
+    with pytest.warns(RuntimeWarning, match="corrupt, rebuilding"):
+        assert np.array_equal(np.asarray(features(tmp_path, split)), good)
+
+
+def test_sharded_failure_on_any_rank_stops_every_rank_and_writes_nothing(tmp_path, monkeypatch):
+    split = make_split()
+    root = tmp_path / "features"
+    _as_rank(monkeypatch, 0, shards={}, agree=(False,))
+    with pytest.raises(CacheError, match=r"^feature extraction of toy/test failed on another rank; its error is"):
+        features(tmp_path, split)
+    _as_rank(monkeypatch, 1, shards={}, agree=(True, False))
+    with pytest.raises(CacheError, match=r"^rank 0 could not write the feature cache entry .+; its error is printed"):
+        features(tmp_path, split)
+    assert not entry_dir(tmp_path, split).exists()
+    with monkeypatch.context() as m:  # this rank's own error is raised as itself
+        m.setattr(F, "create_backbone", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no memory")))
+        _as_rank(m, 0, shards={})
+        with pytest.raises(RuntimeError, match="no memory"):
+            features(tmp_path, split)
+    assert sorted(p.name for p in root.iterdir()) == [".locks"]
+
+
+def test_sharded_non_finite_features_are_refused_on_rank_0(tmp_path, monkeypatch):
+    split = make_split()
+    shards = {1: np.full((14, 32), np.nan, dtype=np.float32)}  # rank 1 diverged
+    _as_rank(monkeypatch, 0, shards=shards)
+    with pytest.raises(CheckpointError, match=r"gives NaN/Inf features for 14 of 24 toy/test images"):
+        features(tmp_path, split)
+    assert not entry_dir(tmp_path, split).exists()

@@ -17,6 +17,7 @@ import torch
 from fewshot_bench import methods
 from fewshot_bench.errors import ConfigError, MethodError, UnknownNameError
 from fewshot_bench.methods import METHODS, FewShotMethod, create
+from fewshot_bench.preprocess import parse_preprocessing
 
 from fake_entry_points import FakeEntryPoint
 
@@ -25,8 +26,11 @@ EXAMPLE_DOC = ROOT / "README.md"  # its "Add your own method" section is run as 
 ALL_METHODS = methods.available()
 
 
-def episodes(e=6, n=5, k=3, q=4, d=16, sep=3.0, seed=0, dtype=torch.float64, shuffle=True):
-    """Gaussian classes around random centres (+ a common offset); support order shuffled per episode."""
+def episodes(e=6, n=5, k=3, q=4, d=16, sep=3.0, seed=0, dtype=torch.float64, shuffle=True, nonneg=False):
+    """Gaussian classes around random centres (+ a common offset); support order shuffled per episode.
+
+    ``nonneg``: shift all features by one constant to be >= 0, like ReLU outputs (see :func:`nonneg`).
+    """
     g = torch.Generator().manual_seed(seed)
     centres = sep * torch.randn(e, n, 1, d, generator=g, dtype=dtype) + 2.0
     support = (centres + torch.randn(e, n, k, d, generator=g, dtype=dtype)).reshape(e, n * k, d)
@@ -38,7 +42,16 @@ def episodes(e=6, n=5, k=3, q=4, d=16, sep=3.0, seed=0, dtype=torch.float64, shu
             torch.gather(support, 1, perm[..., None].expand_as(support)),
             torch.gather(labels, 1, perm),
         )
+    if nonneg:
+        low = torch.minimum(support.min(), query.min())
+        support, query = support - low, query - low
     return support, labels, query, torch.arange(n).repeat_interleave(q).repeat(e, 1)
+
+
+def nonneg(name):
+    """Whether ``name``'s declared chain has a power transform, which rejects negative features."""
+    chain = parse_preprocessing(methods.get_method_class(name).preprocessing)
+    return any(s.name == "power" for s in chain.steps)
 
 
 def make(name, d=16, dtype=torch.float64):
@@ -58,7 +71,7 @@ def restore_registry(monkeypatch):
 # -- the contract, for every registered method --------------------------------------------------
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_contract(name):
-    support, labels, query, qlabels = episodes()
+    support, labels, query, qlabels = episodes(nonneg=nonneg(name))
     method = make(name)
     scores = method.scores(support, labels, query)
     assert scores.shape == (6, 20, 5) and scores.dtype == torch.float64
@@ -77,7 +90,7 @@ def test_contract(name):
 @pytest.mark.parametrize("name", ALL_METHODS)
 @pytest.mark.parametrize("where", ["support", "query"])
 def test_contract_rejects_nan(name, where):
-    support, labels, query, _ = episodes(e=3)
+    support, labels, query, _ = episodes(e=3, nonneg=nonneg(name))
     (support if where == "support" else query)[1, 2, 3] = float("nan")
     with pytest.raises(MethodError, match=rf"{where} has 1 NaN/Inf values \(first in episode 1, row 2\)"):
         make(name).scores(support, labels, query)
@@ -102,8 +115,12 @@ def test_describe_lists_every_method():
     assert {"protonet", "simpleshot", "cosine", "logistic", "ridge", "knn", "simnl", "bdcspn"} <= set(
         ALL_METHODS
     )
-    assert [r.name for r in rows if r.transductive] == ["bdcspn"]
-    assert all(len(r) == 4 for r in rows)
+    transductive = {r.name for r in rows if r.transductive}  # a superset: other heads may join
+    assert {"bdcspn", "laplacianshot", "ptmap", "soft-kmeans", "tim", "alpha-tim", "transductive-ft"} <= transductive
+    assert not transductive & {"protonet", "simpleshot", "cosine", "logistic", "ridge", "knn", "simnl"}
+    assert all(len(r) == 5 for r in rows)
+    assert {r.name: r.preprocessing for r in rows}["simpleshot"] == "cl2n"
+    assert {r.name: r.preprocessing for r in rows}["protonet"] == "none"
 
 
 # -- the one validation path ---------------------------------------------------------------------
@@ -180,8 +197,9 @@ def test_knn_votes_then_breaks_ties_by_nearest_voter():
     support = torch.tensor([[[0.0], [1.1], [1.2], [3.0]]])  # classes 0, 1, 1, 0
     labels = torch.tensor([[0, 1, 1, 0]])
     query = torch.tensor([[[0.9], [1.0]]])
-    scores = create("knn", k=4).scores(support, labels, query)  # 2 votes each: nearest voter decides
-    assert scores[0].argmax(-1).tolist() == [1, 1]
+    scores = create("knn", k=4, tie_break="nearest").scores(support, labels, query)  # 2 votes each
+    assert scores[0].argmax(-1).tolist() == [1, 1]  # the nearest voter decides
+    assert create("knn", k=4).scores(support, labels, query)[0].argmax(-1).tolist() == [0, 0]  # as sklearn
     scores = create("knn", k=3).scores(support, labels, torch.tensor([[[-1.0]]]))  # votes 0:1, 1:2
     assert scores[0, 0].floor().tolist() == [1.0, 2.0] and scores[0, 0].argmax() == 1
 
@@ -303,7 +321,10 @@ def test_entry_point_plugins_load_lazily(monkeypatch, restore_registry):
         ".ridge",
         ".knn",
         ".simnl",
+        ".svm",
         ".bdcspn",
+        ".tim",
+        ".transductive_finetuning",
         "._loading",
     ],
 )

@@ -84,11 +84,13 @@ def test_cosine_equals_easyfsl_simpleshot_on_raw_features(shots):
 
 
 @pytest.mark.parametrize("shots", [1, 5])
-def test_bdcspn_with_temperature_1_equals_easyfsl(shots):
+def test_bdcspn_easyfsl_variant_equals_easyfsl(shots):
+    """easyfsl's rule (unshifted query scored, raw features, exp(cos)): the named variant and preset."""
     support, labels, query, _ = episodes(50, 5, shots, 15, 32, 0.3, seed=30 + shots, offset=1.0)
-    ours = create("bdcspn", temperature=1.0).scores(support, labels, query)
     ref = easyfsl_scores(easyfsl.BDCSPN(nn.Identity()), support, labels, query)
+    ours = create("bdcspn", variant="easyfsl", temperature=1.0, preprocess="none").scores(support, labels, query)
     torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(create("bdcspn:easyfsl").scores(support, labels, query), ref)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import matplotlib
 import numpy as np
 import pytest
 
@@ -50,3 +53,94 @@ def test_paired_differences_with_constant_difference(tmp_path):
     a, b = make_run(tmp_path / "a", acc), make_run(tmp_path / "b", acc)
     paths = plots.plot_paired_differences(a, b, tmp_path / "out")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+
+
+# ---------------------------------------------------------------- the plot command over any set of runs
+
+
+def _errorbars(fig):
+    """{series label: (x, y, half-widths)} of every error bar drawn in ``fig``."""
+    out = {}
+    for ax in fig.axes:
+        for c in ax.containers:
+            data, _, (bars,) = c.lines
+            segs = np.array(bars.get_segments())  # (points, 2 ends, xy)
+            y = data.get_ydata()
+            np.testing.assert_allclose(segs.mean(axis=1)[:, 1], y, rtol=1e-12)  # bars centred on the points
+            out.setdefault(c.get_label(), []).append((ax.get_title(), y, (segs[:, 1, 1] - segs[:, 0, 1]) / 2))
+    return out
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figures the plot command saves, by stem."""
+    figs = {}
+    real = plots.save_figure
+
+    def keep(fig, out_dir, stem):
+        figs[stem] = fig
+        return real(fig, out_dir, stem)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    return figs
+
+
+def test_plot_command_draws_95_ci_bars_and_paired_differences(tmp_path, captured, capsys):
+    from fewshot_bench import report, stats
+    from fewshot_bench.cli import main
+
+    rng = np.random.default_rng(4)
+    acc = {("cifar-fs", k, "protonet"): rng.binomial(75, 0.6, 40) / 75 for k in (1, 5)}
+    ce = make_run(tmp_path / "ce", acc)
+    clce = make_run(tmp_path / "clce", {k: np.clip(v + 0.02 + rng.normal(0, 0.03, 40), 0, 1) for k, v in acc.items()},
+                    loss="clce")
+    assert main(["plot", str(tmp_path / "*"), "--baseline", str(ce), "--out", str(tmp_path / "figs")]) == 0
+    assert "wrote " + str(tmp_path / "figs" / "plots.json") in capsys.readouterr().out
+    acc = _errorbars(captured["accuracy"])
+    for run in (ce, clce):
+        r = report.load_run(run)
+        for title, y, half in acc[r.label]:
+            keys = sorted((k for k in r.results if report.dataset_display_name(k[0]) == title), key=lambda k: k[3])
+            np.testing.assert_allclose(y, [100 * r.results[k]["mean"] for k in keys], rtol=1e-12)
+            np.testing.assert_allclose(half, [100 * r.results[k]["ci95"] for k in keys], rtol=1e-9)  # CI, not std
+            assert not np.allclose(half, [100 * r.results[k]["std"] for k in keys])
+    (series, drawn), = _errorbars(captured["differences"]).items()
+    assert series == "resnet12 (clce)"
+    a, b = report.load_run(clce), report.load_run(ce)
+    for title, y, half in drawn:
+        keys = sorted((k for k in a.results if report.dataset_display_name(k[0]) == title), key=lambda k: k[3])
+        ref = [stats.mean_difference(a.accuracies[k], b.accuracies[k]) for k in keys]
+        np.testing.assert_allclose(y, [100 * d for d, _ in ref], rtol=1e-9)
+        np.testing.assert_allclose(half, [100 * h for _, h in ref], rtol=1e-9)
+    doc = json.loads((tmp_path / "figs" / "plots.json").read_text())
+    assert doc["format"] == "fewshot-bench-plots" and doc["skipped"] == [] and len(doc["differences"]) == 2
+    assert {d["run_b"] for d in doc["differences"]} == {str(ce)}
+
+
+def test_many_runs_get_distinct_colours(tmp_path, captured):
+    acc = {("cifar-fs", 1, "protonet"): [0.5, 0.6, 0.7]}
+    runs = [make_run(tmp_path / f"r{i:02d}", acc, loss=f"loss{i}") for i in range(15)]
+    plots.plot_accuracy(runs, tmp_path / "figs")
+    colours = [c.lines[0].get_color() for c in captured["accuracy"].axes[0].containers]
+    assert len(colours) == 15 and len({tuple(matplotlib.colors.to_rgba(c)) for c in colours}) == 15
+    styles = {plots.series_style(j) for j in range(160)}
+    assert len(styles) == 160
+
+
+def test_plot_over_mixed_ways_shots_and_episodes_skips_with_reasons(tmp_path, capsys):
+    from fewshot_bench.cli import main
+
+    rng = np.random.default_rng(2)
+    base = make_run(tmp_path / "base", {("cifar-fs", k, "protonet"): rng.random(20) for k in (1, 5)})
+    make_run(tmp_path / "ten", {("cifar-fs", "test", 10, 1, 15, "protonet"): rng.random(20)}, loss="clce")
+    make_run(tmp_path / "seed7", {("cifar-fs", 1, "protonet"): rng.random(20)}, loss="supcon", seed=7)
+    make_run(tmp_path / "five", {("cifar-fs", 5, "protonet"): rng.random(20)}, loss="h-scl")
+    assert main(["plot", str(tmp_path / "*"), "--baseline", str(base), "--out", str(tmp_path / "figs")]) == 0
+    out = capsys.readouterr().out
+    skipped = [ln for ln in out.splitlines() if ln.startswith("skipped: ")]
+    assert len(skipped) == 2 and any("different episodes" in s for s in skipped)
+    assert any("share no dataset x split x ways" in s for s in skipped)
+    doc = json.loads((tmp_path / "figs" / "plots.json").read_text())
+    assert sorted(s["reason"] for s in doc["skipped"]) == ["different_episodes", "no_shared_cell"]
+    assert (tmp_path / "figs" / "paired_differences_five_vs_base.png").is_file()
+    assert {d["shots"] for d in doc["differences"]} == {5}

@@ -185,8 +185,9 @@ def test_compare_needs_shared_results_and_two_runs(tmp_path):
     a = make_run(tmp_path / "a", {("cifar-fs", 1, "protonet"): [0.5, 0.6]})
     # another loss: runs of one configuration and seed on different datasets are one table row (seed groups)
     b = make_run(tmp_path / "b", {("fc100", 1, "protonet"): [0.5, 0.6]}, loss="clce")
-    with pytest.raises(ConfigError, match="share no dataset"):
-        report.compare([a, b])
+    df = report.compare([a, b])  # nothing to pair: skipped with its reason, not refused
+    assert df.empty and [s["reason"] for s in df.attrs["skipped"]] == ["no_shared_cell"]
+    assert "share no dataset" in df.attrs["skipped"][0]["message"]
     with pytest.raises(ConfigError, match="at least two different runs"):
         report.compare([a, a])
 
@@ -269,11 +270,14 @@ def test_table_several_methods_label_rows(tmp_path):
     assert "tim transductive" in md
 
 
-def test_table_baseline_with_other_episodes_is_refused(tmp_path):
+def test_table_baseline_with_other_episodes_is_not_tested(tmp_path):
     a = make_run(tmp_path / "a", {("cifar-fs", 1, "protonet"): [0.5, 0.6, 0.7]}, seed=0)
     b = make_run(tmp_path / "b", {("cifar-fs", 1, "protonet"): [0.5, 0.6, 0.9]}, seed=3, loss="clce")
-    with pytest.raises(EpisodeError, match="different episodes"):
-        report.make_table([a, b], baseline=a)
+    md = report.make_table([a, b], baseline=a, fmt="markdown")  # only identical episodes pair
+    assert "Not tested against the baseline: resnet12 (clce), CIFAR-FS 1-shot (other episodes)." in md
+    doc = json.loads(report.make_table([a, b], baseline=a, fmt="json"))
+    assert [s["reason"] for s in doc["skipped"]] == ["different_episodes"] and doc["n_tests"] == 0
+    assert "different episodes" in doc["skipped"][0]["message"]
 
 
 def test_table_unknown_format(three_runs):

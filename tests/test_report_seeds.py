@@ -225,8 +225,9 @@ def test_seed_pairing_rules(groups, tmp_path):
     df = report.compare([*clce, foreign])  # a single run against every seed
     assert len(df) == 6 and set(df["run_b"]) == {str(foreign)}
     other = make_seed_runs(tmp_path, "supcon", {s: ce_acc[0] for s in (7, 8)}, loss="supcon")
-    with pytest.raises(ConfigError, match=r"the rows share no fine-tuning seed \(seeds 0, 1, 2 vs 7, 8\)"):
-        report.compare([*clce, *other])
+    df = report.compare([*clce, *other])  # skipped with its reason, not refused
+    assert df.empty and {s["reason"] for s in df.attrs["skipped"]} == {"no_shared_seed"}
+    assert "the rows share no fine-tuning seed (seeds 0, 1, 2 vs 7, 8)" in df.attrs["skipped"][0]["message"]
 
 
 def test_format_and_json_carry_seed_pairs(groups, tmp_path):

@@ -9,18 +9,35 @@ later loads memory-map it (see :mod:`fewshot_bench.data.base`).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
+import posixpath
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import cache_root
 from ..errors import DataError
 from . import cifar_fs, fc100, image_folder, miniimagenet, tieredimagenet  # noqa: F401  (register datasets)
-from .base import DATASETS, SPLITS, DatasetInfo, Found, Layout, Split, build_split, normalize_split
+from .base import (
+    DATASETS,
+    SPLITS,
+    DatasetInfo,
+    Found,
+    Layout,
+    ReadOptions,
+    Split,
+    _validate,
+    build_split,
+    canonical_order,
+    fingerprint,
+    normalize_split,
+)
 from .cifar100 import prepare_cifar_benchmark
 
 if importlib.util.find_spec(f"{__name__}.digits") is not None:  # the demo's digits (another author's module)
@@ -32,11 +49,13 @@ __all__ = [
     "DatasetInfo",
     "Found",
     "Split",
+    "SplitFiles",
     "class_structure",
     "describe_datasets",
     "find_layouts",
     "load_split",
     "prepare_cifar_benchmark",
+    "split_files",
     "supported",
 ]
 
@@ -132,27 +151,147 @@ def class_structure(dataset: str, split: str) -> tuple[tuple[str, ...], np.ndarr
 
 
 def describe_datasets(data_root: str | os.PathLike | None = None) -> str:
-    """Text for ``fewshot-bench datasets``: datasets, their layouts, what is found under ``data_root``."""
-    lines = []
+    """Text for ``fewshot-bench datasets``: per benchmark its splits and class counts, the files and
+    layouts looked for, where (``data_root`` and its conventional subfolders) and what was found."""
+    root = None if data_root is None else _existing_root(data_root)
+    env = os.environ.get("FEWSHOT_BENCH_CACHE")
+    lines = [
+        f"data root: {root} (--data-root)" if root is not None else
+        "data root: none given; pass --data-root DIR to see what is found there (every command that reads "
+        "data takes --data-root)",
+        f"cache: {cache_root()} ("
+        + ("from $FEWSHOT_BENCH_CACHE" if env else "default; set $FEWSHOT_BENCH_CACHE or --cache-dir to move it")
+        + "): decoded splits and features",
+        "",
+    ]
     for row in supported():
-        n = row["n_classes"]
-        classes = "/".join(str(n.get(s, 0)) for s in SPLITS) + " classes" if n else "any classes"
-        size = f"{row['image_size']} px" if row["image_size"] else ""
-        lines.append(
-            f"{row['name']:<15} {row['display']:<15} {classes:<20} {size:<7} eval {row['eval_transform']}"
-        )
+        if lines[-1]:
+            lines.append("")  # a blank line between benchmarks
+        info = DATASETS.get(row["name"])
+        size = f"{row['image_size']} px" if row["image_size"] else "any size"
+        lines.append(f"{row['name']} ({row['display']}): {size}, eval transform {row['eval_transform']}")
+        lines.append(f"  splits: {_splits_line(info)}")
+        subs = ", ".join(f"{n}/" for n in info.folders)
+        lines.append("  layouts (the first found is read; {split} is train, val or test):")
         for lay in row["layouts"]:
-            lines.append(f"    {lay['name']:<20} {' + '.join(lay['patterns'])}")
-        if data_root is not None:
-            try:
-                found = find_layouts(row["name"], data_root)
-            except DataError as exc:
-                return f"{exc}"  # the root itself is missing or unreadable
-            for f in found:
-                lines.append(f"    found: {f.layout} ({', '.join(f.splits)}) in {f.root}")
-            if not found:
-                lines.append(f"    found: nothing under {data_root}")
+            lines.append(f"    {lay['name']:<20} {' + '.join(lay['patterns'])}  ({lay['description']})")
+        if root is None:
+            lines.append("  looks in: DIR" + (f" and its subfolders {subs}" if subs else ""))
+            continue
+        dirs = _search_dirs(info, root)
+        lines.append(f"  looked in: {', '.join(str(d) for d in dirs)}"
+                     + (f" (subfolders named {subs} are searched too)" if subs else ""))
+        found = find_layouts(row["name"], root)
+        for f in found:
+            first = f.paths[f.splits[0]][0]
+            lines.append(f"  found: {f.layout} ({', '.join(f.splits)}) in {f.root}, e.g. {first}")
+        have = {s for f in found for s in f.splits}
+        wanted = [s for s in SPLITS if info.n_classes is None or info.n_classes.get(s)]
+        missing = [s for s in wanted if s not in have]
+        if not found:
+            lines.append("  found: nothing; put the files above in the data root" + (f" or in {subs}" if subs else ""))
+        elif missing:
+            lines.append(f"  missing: {', '.join(missing)} split(s)")
     return "\n".join(lines)
+
+
+def _splits_line(info: DatasetInfo) -> str:
+    """``train 64 classes, val 16, test 20; 600 images per class`` for one benchmark."""
+    if info.n_classes is None:
+        return "train, val, test (or one folder for all); any classes, any number of images per class"
+    parts = [f"{s} {info.n_classes[s]}" for s in SPLITS if info.n_classes.get(s)]
+    absent = [s for s in SPLITS if not info.n_classes.get(s)]
+    per = (f"{info.images_per_class} images per class" if info.images_per_class
+           else "class sizes vary (known from the data)")
+    return (", ".join(parts) + " classes" + (f" (no {', '.join(absent)} split)" if absent else "") + f"; {per}")
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """The image file behind every ``(class, position)`` of a split read from image files.
+
+    ``names[c][p]`` is the path, relative to ``root`` (``--data-root``, ``/``-separated), of the
+    image at position ``p`` of class ``c`` in the split's canonical order, i.e. what an episode
+    file's ``(class, position)`` means. Built by :func:`split_files`.
+    """
+
+    split: Split
+    root: Path
+    names: tuple[tuple[str, ...], ...]
+
+    def name_of(self, c: int, p: int) -> str:
+        return self.names[c][p]
+
+    @functools.cached_property
+    def _suffixes(self) -> dict[str, list[tuple[int, int]]]:
+        index: dict[str, list[tuple[int, int]]] = {}
+        for c, files in enumerate(self.names):
+            for p, name in enumerate(files):
+                parts = name.split("/")
+                for k in range(len(parts)):
+                    index.setdefault("/".join(parts[k:]), []).append((c, p))
+        return index
+
+    def resolve(self, name: str) -> tuple[int, int]:
+        """``(class id, position)`` of the image ``name``: its path under the data root, or any unique
+        trailing part of it (the file name alone, ``class/file.png``, ...). Raises :class:`LookupError`."""
+        text = str(name).strip().replace("\\", "/")
+        if os.path.isabs(text):
+            text = os.path.relpath(text, self.root).replace(os.sep, "/")
+        key = posixpath.normpath(text).lstrip("/") if text else ""
+        hits = self._suffixes.get(key, [])
+        where = f"the {self.split.dataset} {self.split.split} split under {self.root}"
+        if not hits:
+            raise LookupError(f"no image named {name!r} in {where} ({sum(map(len, self.names))} images, e.g. "
+                              f"{self.names[0][0]}); give its path under --data-root, and the --image-size "
+                              "the split is read at")
+        if len(hits) > 1:
+            shown = ", ".join(self.names[c][p] for c, p in hits[:2])
+            raise LookupError(f"{name!r} names {len(hits)} images in {where} ({shown}); give more of its path")
+        return hits[0]
+
+
+def split_files(
+    dataset: str,
+    split: str,
+    data_root: str | os.PathLike,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    progress: bool = True,
+) -> SplitFiles:
+    """Map the image files of a split to ``(class, position)``, for episode lists by file name.
+
+    Loads the split as :func:`load_split` does (same arguments, so the same fingerprint and canonical
+    order), then reads its layout's file list, decodes the files once more and orders them with the
+    same :func:`~fewshot_bench.data.base.canonical_order`; the fingerprint of that order must equal
+    the split's. Only layouts of image files (folders, CSV + images) have file names; pickles and
+    arrays raise :class:`DataError`.
+    """
+    info = DATASETS.get(dataset)
+    split_name = normalize_split(split)
+    root = _existing_root(data_root)
+    loaded = load_split(info.name, split_name, root, cache_dir=cache_dir, image_size=image_size, progress=progress)
+    found = next(f for f in find_layouts(info.name, root) if split_name in f.paths)  # the one load_split read
+    layout = next(lay for lay in info.layouts if lay.name == found.layout)
+    paths = found.paths[split_name]
+    if not layout.decodes_files:
+        raise DataError(f"--data-root {root}: the {info.display} {split_name} split is read from {layout.name} "
+                        f"({paths[0].name}), which holds no file names; use --by index")
+    size = int(image_size or info.image_size or 84)  # as build_split decodes
+    raw = layout.read(paths, split_name, ReadOptions(dataset=info, image_size=size, progress=progress))
+    if raw.files is None:
+        raise DataError(f"--data-root {root}: the {info.display} {split_name} split ({layout.name}) does not "
+                        "list its image files; use --by index")
+    images, labels, names = _validate(raw, info, split_name)
+    order, digests = canonical_order(images, labels)
+    labels = labels[order]
+    if fingerprint(names, labels, digests, images.shape[1:]) != loaded.fingerprint:
+        raise DataError(f"{paths[0]}: the images changed since the split was cached; run the command again")
+    rel = [os.path.relpath(raw.files[i], root).replace(os.sep, "/") for i in order]
+    bounds = [0, *(int(n) for n in labels.searchsorted(range(1, len(names)))), len(rel)]
+    per_class = tuple(tuple(rel[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+    return SplitFiles(loaded, root, per_class)
 
 
 def _norm(name: str) -> str:

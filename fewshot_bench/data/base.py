@@ -9,7 +9,6 @@ memory-map ``images.npy``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import hashlib
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write, atomic_write_json, cache_root, file_lock
+from .._io import atomic_dir, atomic_save_npy, atomic_write, atomic_write_json, cache_root, entry_lock
 from ..errors import ConfigError, DataError
 from ..registry import Registry
 
@@ -119,6 +118,7 @@ class RawSplit:
     file: Path
     check: str | None = "names"
     labels_file: Path | None = None  # named in label errors when labels live in another file
+    files: Sequence[Path] | None = None  # the image file of each row, for layouts of image files
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ def read_class_folders(
         progress=options.progress,
         desc=f"{options.dataset.name} images",
     )
-    return RawSplit(images=images, labels=labels, class_names=names, file=folder)
+    return RawSplit(images=images, labels=labels, class_names=names, file=folder, files=files)
 
 
 def read_csv_images(csv_path: Path, image_dirs: Sequence[Path], options: ReadOptions) -> RawSplit:
@@ -323,7 +323,7 @@ def read_csv_images(csv_path: Path, image_dirs: Sequence[Path], options: ReadOpt
         progress=options.progress,
         desc=f"{options.dataset.name} images",
     )
-    return RawSplit(images=images, labels=labels, class_names=classes, file=csv_path)
+    return RawSplit(images=images, labels=labels, class_names=classes, file=csv_path, files=paths)
 
 
 def _read_csv_listing(csv_path: Path, image_dirs: Sequence[Path]) -> tuple[list[Path], list[str]]:
@@ -582,11 +582,9 @@ def build_split(
     entry = cache_root(cache_dir) / "data" / info.name / f"{split}-{key[:16]}"
     if (hit := _load_entry(entry)) is not None:
         return hit
-    with file_lock(entry.parent / f".{entry.name}.lock"):
+    with entry_lock(entry):  # also removes the temporaries of a killed run
         if (hit := _load_entry(entry)) is not None:  # another process filled it meanwhile
             return hit
-        for stale in entry.glob(".*.tmp"):  # temp files of a killed run; we hold the lock
-            stale.unlink(missing_ok=True)
         raw = layout.read(paths, split, ReadOptions(dataset=info, image_size=size, progress=progress))
         images, labels, names = _validate(raw, info, split)
         if channel_order == "bgr":
@@ -606,18 +604,11 @@ def build_split(
             "fingerprint": fingerprint(names, labels, digests, images.shape[1:]),
             "options": options,
         }
-        try:
-            _write_images(entry / "images.npy", images, order)
-            with atomic_write(entry / "labels.npy") as f:
-                np.save(f, labels.astype(np.int64), allow_pickle=False)
-            meta["images_bytes"] = (entry / "images.npy").stat().st_size
-            atomic_write_json(entry / "meta.json", meta)  # written last: marks the entry complete
-        except BaseException:  # e.g. a full disk: leave no partial entry behind
-            for name in ("meta.json", "labels.npy", "images.npy"):
-                (entry / name).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                entry.rmdir()
-            raise
+        with atomic_dir(entry) as tmp:  # renamed into place complete; on any error nothing is left
+            _write_images(tmp / "images.npy", images, order)
+            atomic_save_npy(tmp / "labels.npy", labels.astype(np.int64))
+            meta["images_bytes"] = (tmp / "images.npy").stat().st_size
+            atomic_write_json(tmp / "meta.json", meta)
     hit = _load_entry(entry)
     if hit is None:  # pragma: no cover - only if the disk lies
         raise DataError(f"{entry}: the cache entry just written cannot be read back; check the disk")

@@ -10,31 +10,44 @@ entry-point group; ``"path/to/file.py:ClassName"`` loads a class from a file.
 
 from __future__ import annotations
 
-from . import bdcspn, cosine, knn, logistic, protonet, ridge, simnl, simpleshot  # noqa: F401  (register)
+from . import bdcspn, cosine, knn, logistic, protonet, ridge, simnl, simpleshot, svm  # noqa: F401  (register)
 from ._loading import ENTRY_POINT_GROUP, MethodInfo, available, create, describe, get_method_class
 from .base import METHODS, FewShotMethod, register_method
 from .bdcspn import BDCSPN
 from .cosine import CosineCentroid
 from .knn import KNearestNeighbours
+from .laplacianshot import LaplacianShot
 from .logistic import LogisticRegressionHead
 from .protonet import ProtoNet
+from .ptmap import PTMAP
 from .ridge import RidgeHead
 from .simnl import SimNL
 from .simpleshot import SimpleShot
+from .soft_kmeans import SoftKMeans
+from .svm import CrammerSingerSVM
+from .tim import TIM, AlphaTIM
+from .transductive_finetuning import TransductiveFinetuning
 
 __all__ = [
+    "AlphaTIM",
     "BDCSPN",
     "CosineCentroid",
+    "CrammerSingerSVM",
     "ENTRY_POINT_GROUP",
     "FewShotMethod",
     "KNearestNeighbours",
+    "LaplacianShot",
     "LogisticRegressionHead",
     "METHODS",
     "MethodInfo",
+    "PTMAP",
     "ProtoNet",
     "RidgeHead",
     "SimNL",
     "SimpleShot",
+    "SoftKMeans",
+    "TIM",
+    "TransductiveFinetuning",
     "available",
     "create",
     "describe",

@@ -54,6 +54,9 @@ class FewShotMethod:
     batch_invariant: ``True`` if an episode's scores do not depend on the other episodes of the
         batch (closed-form heads), so the evaluator may pick smaller, cache-friendly batches;
         ``False`` (the safe default) for e.g. iterative solvers with one stopping test per batch.
+    presets: named sets of defaults, ``{"r2d2": {"alpha": 50.0, "normalize": False}}``; the name
+        ``"ridge:r2d2"`` builds the method with them (explicit parameters still win). A preset may
+        also set ``preprocessing``. See :func:`fewshot_bench.methods.create`.
     """
 
     name: ClassVar[str] = ""
@@ -64,6 +67,7 @@ class FewShotMethod:
     needs_base_mean: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
     batch_invariant: ClassVar[bool] = False
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -9,43 +9,60 @@ from .base import FewShotMethod, cosine_scores, neg_sq_euclidean, one_hot, regis
 
 __all__ = ["KNearestNeighbours"]
 
+TIE_BREAKS = ("sklearn", "nearest")
+
 
 @register_method
 class KNearestNeighbours(FewShotMethod):
-    """k-NN majority vote over the support samples, ties broken by distance. Inductive.
+    """k-NN majority vote over the support samples. Inductive.
 
     Cover & Hart, "Nearest neighbor pattern classification", IEEE Trans. Inf. Theory 1967.
     https://doi.org/10.1109/TIT.1967.1053964
 
-    Score of class ``n`` = number of its samples among the ``k`` nearest (``k`` capped at N*K)
-    plus a tie-break in (0, 1): ``(k - r) / (k + 1)``, ``r`` the rank (0 = nearest) of the class's
-    nearest voter; so equal votes go to the class with the nearer neighbour. ``metric`` is
-    ``"euclidean"`` or ``"cosine"``.
+    The ``k`` support samples nearest to the query (``k`` capped at N*K; ``metric``
+    ``"euclidean"`` or ``"cosine"``, i.e. ``1 - cos``) vote with equal weight; score of class
+    ``n`` = its number of votes ``v_n`` plus a tie-break in [0, 1) that never overturns a vote:
+
+    * ``tie_break="sklearn"`` (default): ``(N - 1 - n) / N``, equal votes go to the smallest
+      class label, as scikit-learn's ``KNeighborsClassifier(k, weights="uniform")`` (the mode of
+      the neighbours' labels, ties to the first class in ``classes_``).
+    * ``tie_break="nearest"``: ``(k - r) / (k + 1)`` with ``r`` the rank (0 = nearest) of class
+      ``n``'s nearest voter, so equal votes go to the class with the nearer neighbour (this
+      library's earlier default, kept as a named variant).
+
+    Neighbours at exactly equal distance at the k-th place: ours follow ``torch.topk``,
+    scikit-learn its argpartition/argsort; they can differ only for duplicate distances.
     support ``(E, N*K, D)``, support_labels ``(E, N*K)``, query ``(E, Q, D)`` -> ``(E, Q, N)``.
+    Defaults: ``k = 5``, ``metric = "euclidean"``, ``tie_break = "sklearn"``; preprocessing none.
     """
 
     name = "knn"
-    description = "k-nearest-neighbour majority vote (euclidean or cosine), nearest-voter tie-break"
+    description = "k-nearest-neighbour majority vote (euclidean or cosine), ties as scikit-learn"
     paper = "Cover & Hart, 1967, https://doi.org/10.1109/TIT.1967.1053964"
     transductive = False
     batch_invariant = True
 
-    def __init__(self, k: int = 5, metric: str = "euclidean") -> None:
-        self.k, self.metric = k, metric
+    def __init__(self, k: int = 5, metric: str = "euclidean", tie_break: str = "sklearn") -> None:
+        self.k, self.metric, self.tie_break = k, metric, tie_break
 
     def _check_params(self) -> None:
         if not (isinstance(self.k, int) and self.k >= 1):
             raise MethodError(f"knn: k must be an integer >= 1, got {self.k!r}")
         if self.metric not in ("euclidean", "cosine"):
             raise MethodError(f"knn: metric must be 'euclidean' or 'cosine', got {self.metric!r}")
+        if self.tie_break not in TIE_BREAKS:
+            raise MethodError(f"knn: tie_break must be one of {', '.join(TIE_BREAKS)}, got {self.tie_break!r}")
 
     def batch_scores(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
     ) -> torch.Tensor:
         sim = (cosine_scores if self.metric == "cosine" else neg_sq_euclidean)(query, support)  # (E, Q, N*K)
-        k = min(self.k, support.shape[1])
+        k, n_way = min(self.k, support.shape[1]), int(support_labels.max()) + 1
         nearest = sim.topk(k, dim=-1).indices  # (E, Q, k), nearest first
         labels = torch.gather(support_labels.unsqueeze(1).expand_as(sim), 2, nearest)
-        voters = one_hot(labels, support.dtype, int(support_labels.max()) + 1)  # (E, Q, k, N)
-        rank_weight = torch.arange(k, 0, -1, dtype=support.dtype, device=support.device) / (k + 1)
-        return voters.sum(2) + (voters * rank_weight[:, None]).amax(2)
+        voters = one_hot(labels, support.dtype, n_way)  # (E, Q, k, N)
+        votes = voters.sum(2)
+        if self.tie_break == "nearest":
+            rank_weight = torch.arange(k, 0, -1, dtype=support.dtype, device=support.device) / (k + 1)
+            return votes + (voters * rank_weight[:, None]).amax(2)
+        return votes + torch.arange(n_way - 1, -1, -1, dtype=support.dtype, device=support.device) / n_way

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -15,12 +17,23 @@ __all__ = ["RidgeHead"]
 class RidgeHead(FewShotMethod):
     """Ridge regression onto one-hot targets, closed form for all episodes at once. Inductive.
 
-    Least-squares classifier with ridge penalty as in Bertinetto et al., "Meta-learning with
+    Luca Bertinetto, João F. Henriques, Philip H. S. Torr, Andrea Vedaldi. "Meta-learning with
     differentiable closed-form solvers" (R2-D2), ICLR 2019. https://arxiv.org/abs/1805.08136
 
-    On (optionally) L2-normalised features ``X (N*K, D)``: ``W = X^T (X X^T + alpha I)^-1 Y``,
-    the dual of ``min ||X W - Y||^2 + alpha ||W||^2`` (no intercept); score = ``q W``.
+    On (optionally) L2-normalised support features ``X (N*K, D)`` with one-hot targets
+    ``Y (N*K, N)``: ``W = X^T (X X^T + alpha I)^-1 Y`` (the Woodbury/dual form of
+    ``min_W ||X W - Y||^2 + alpha ||W||^2``, no intercept); score = ``q W`` for query ``q (D,)``.
     Equals scikit-learn ``Ridge(alpha, fit_intercept=False)`` on the one-hot targets.
+
+    Defaults ``alpha = 1``, ``normalize = True`` (L2-normalise support and query) are this
+    library's. Preset ``ridge:r2d2`` is the head as MetaOptNet's code runs it for its R2-D2 and
+    MetaOptNet-RR rows (Lee et al., CVPR 2019, ``R2D2Head`` / ``MetaOptNetHead_Ridge``):
+    ``alpha = 50`` (``l2_regularizer_lambda`` / ``lambda_reg``), raw features (``normalize=False``).
+    Left out, because they cannot change the predicted class: the learnt logit scale (MetaOptNet's
+    ``ClassificationHead``) and R2-D2's learnt output scale and bias (``AdjustLayer``). Not
+    reproduced from Bertinetto et al.'s own code: the learnt ``lambda`` (initialised to 1), the
+    constant-1 bias column appended to ``X`` and the ``1/sqrt(N*K)`` feature scaling (with the
+    query left unscaled this equals ``alpha = lambda * N*K``).
     support ``(E, N*K, D)``, support_labels ``(E, N*K)``, query ``(E, Q, D)`` -> ``(E, Q, N)``.
     """
 
@@ -30,6 +43,7 @@ class RidgeHead(FewShotMethod):
     transductive = False
     batch_invariant = True
     nonfinite_propagates = True
+    presets: ClassVar[dict[str, dict]] = {"r2d2": {"alpha": 50.0, "normalize": False}}
 
     def __init__(self, alpha: float = 1.0, normalize: bool = True) -> None:
         self.alpha, self.normalize = alpha, normalize

@@ -70,8 +70,8 @@ from torch import nn
 
 from .. import __version__
 from .. import distributed as D
-from .._io import atomic_write
-from ..errors import CheckpointError, ConfigError, DataError, UnknownNameError
+from .._io import atomic_write, jsonable
+from ..errors import CheckpointError, ConfigError, DataError, UnknownNameError, check_int
 from ..registry import close_matches
 from .inputs import input_protocol, resolve_transform
 from .log import write_log
@@ -261,7 +261,8 @@ def finetune(
     amp: mixed precision autocast (bf16 where supported, else fp16 with a grad scaler);
         ``None`` → on for CUDA, off on CPU. ``True`` on CPU is a :class:`ConfigError`.
     log: called on rank 0 after every epoch (after its state is saved) with the epoch's log
-        record (:mod:`fewshot_bench.train.log`) plus ``epochs`` and ``state``.
+        record (:mod:`fewshot_bench.train.log`) plus ``epochs``, ``seed`` and ``state``
+        (:func:`~fewshot_bench.train.log.format_record` renders it as one line).
     log_file: the JSONL log; ``None`` → :func:`log_path` ``(out)``.
     val_split: the val :class:`~fewshot_bench.data.Split` for validation.
     val_every: validate every this many epochs (and after the last one); 0 = never.
@@ -322,7 +323,7 @@ def finetune(
                arch_kwargs={k: v for k, v in (arch_kwargs or {}).items() if v is not None})
     out = Path(out)
     info = D.init_from_env()
-    dev = _resolve_device(device, info)
+    dev = D.resolve_device(device, info)
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
     if use_amp and dev.type != "cuda":
         raise ConfigError(f"--amp needs a CUDA device, but training runs on {dev}; drop --amp")
@@ -553,7 +554,7 @@ def _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progre
                         history, records, val_results, best)
             write_log(lpath, records)
             if log is not None:
-                log({**record, "epochs": cfg["epochs"], "state": spath})
+                log({**record, "epochs": cfg["epochs"], "seed": seed, "state": spath})
 
     if main:
         if cfg["keep"] == "best":
@@ -680,7 +681,7 @@ def _save_state(path, net, opt, scaler, gen, cfg, epoch, step, total_steps, warm
         "format": STATE_FORMAT,
         "format_version": _STATE_VERSION,
         "fewshot_bench_version": __version__,
-        "config": _plain(cfg),
+        "config": jsonable(cfg),  # tuples as lists: compares equal after the round trip
         "epoch": epoch,
         "model": net.backbone.state_dict(),
         "head": net.head.state_dict() if net.head is not None else None,
@@ -703,15 +704,6 @@ def _save_state(path, net, opt, scaler, gen, cfg, epoch, step, total_steps, warm
         torch.save(state, f)
 
 
-def _plain(obj: Any) -> Any:
-    """``obj`` with tuples as lists, so a config compares equal after a save/load round trip."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _load_state(path: Path, cfg: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -726,7 +718,7 @@ def _load_state(path: Path, cfg: dict) -> dict:
             f"{path}: resume state version {state.get('format_version')} is not "
             f"{_STATE_VERSION}; run without --resume"
         )
-    old, new = state.get("config", {}), _plain(cfg)
+    old, new = state.get("config", {}), jsonable(cfg)
     diff = [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
     if diff:
         k = diff[0]
@@ -838,27 +830,9 @@ def _validate(split: Any, arch: Any, *, loss_fn: TrainingLoss, **kw: Any) -> dic
     }
 
 
-def _int_at_least(flag: str, v: Any, lo: int, why: str = "") -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ConfigError(f"{flag} {v!r} must be an integer >= {lo}{why}")
+_int_at_least = check_int  # (flag, value, minimum, why=""): the package's one integer check
 
 
 def _positive(flag: str, v: Any) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise ConfigError(f"{flag} {v!r} must be a positive number")
-
-
-def _resolve_device(device: Any, info: D.DistInfo) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for CUDA but none is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", info.local_rank if info.distributed else torch.cuda.current_device())
-    return dev

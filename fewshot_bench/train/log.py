@@ -29,7 +29,7 @@ from typing import Any
 
 from .._io import atomic_write
 
-__all__ = ["LOG_FIELDS", "read_log", "write_log"]
+__all__ = ["LOG_FIELDS", "format_record", "read_log", "write_log"]
 
 LOG_FIELDS = ("epoch", "loss", "ce", "contrastive", "lr", "grad_norm", "images_per_s", "seconds")
 
@@ -47,6 +47,25 @@ def write_log(path: str | Path, records: list[dict]) -> Path:
     with atomic_write(path, "w") as f:
         f.write(text)
     return path
+
+
+def format_record(record: dict) -> str:
+    """One readable line for a log record (what ``fewshot-bench finetune`` prints after each epoch), e.g.
+    ``seed 0 epoch 3/10  loss 1.2345 (ce 1.1000, contrastive 2.3456)  lr 1.00e-03  val 45.20 ± 1.10 %  12.3 s``.
+
+    Uses the fields of the module docstring plus the optional ``seed`` and ``epochs`` of the
+    ``log`` callback of :func:`~fewshot_bench.train.finetune`.
+    """
+    epoch = f"epoch {record['epoch']}" + (f"/{record['epochs']}" if record.get("epochs") else "")
+    parts = [(f"seed {record['seed']} " if record.get("seed") is not None else "") + epoch]
+    terms = [f"{k} {record[k]:.4f}" for k in ("ce", "contrastive") if record.get(k) is not None]
+    parts.append(f"loss {record['loss']:.4f}" + (f" ({', '.join(terms)})" if terms else ""))
+    parts.append(f"lr {record['lr']:.2e}")
+    if record.get("val_accuracy") is not None:
+        parts.append(f"val {100 * record['val_accuracy']:.2f} ± {100 * (record.get('val_ci95') or 0):.2f} %")
+    seconds = record.get("seconds", 0.0) + (record.get("val_seconds") or 0.0)
+    parts.append(f"{seconds:.1f} s ({record.get('images_per_s', 0.0):.0f} img/s)")
+    return "  ".join(parts)
 
 
 def read_log(path: str | Path) -> list[dict]:
