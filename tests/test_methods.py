@@ -199,7 +199,8 @@ def test_knn_votes_then_breaks_ties_by_nearest_voter():
     query = torch.tensor([[[0.9], [1.0]]])
     scores = create("knn", k=4, tie_break="nearest").scores(support, labels, query)  # 2 votes each
     assert scores[0].argmax(-1).tolist() == [1, 1]  # the nearest voter decides
-    assert create("knn", k=4).scores(support, labels, query)[0].argmax(-1).tolist() == [0, 0]  # as sklearn
+    assert create("knn", k=4).scores(support, labels, query)[0].argmax(-1).tolist() == [1, 1]  # the default
+    assert create("knn:sklearn", k=4).scores(support, labels, query)[0].argmax(-1).tolist() == [0, 0]  # as sklearn
     scores = create("knn", k=3).scores(support, labels, torch.tensor([[[-1.0]]]))  # votes 0:1, 1:2
     assert scores[0, 0].floor().tolist() == [1.0, 2.0] and scores[0, 0].argmax() == 1
 

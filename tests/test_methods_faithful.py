@@ -171,15 +171,19 @@ def test_svm_float32_and_convergence_warning():
 @pytest.mark.parametrize(("shots", "k"), [(5, 5), (5, 4), (2, 3), (1, 5)])
 def test_knn_equals_sklearn_ties_included(metric, shots, k):
     support, labels, query, _ = episodes(40, 5, shots, 15, 16, 0.3, seed=100 + k)
-    ours = create("knn", k=k, metric=metric).scores(support, labels, query).argmax(-1).numpy()
+    ours = create("knn:sklearn", k=k, metric=metric).scores(support, labels, query).argmax(-1).numpy()
     ref = np.stack([
         neighbors.KNeighborsClassifier(k, metric=metric).fit(s, y).predict(q)
         for s, y, q in zip(support.numpy(), labels.numpy(), query.numpy())
     ])
     np.testing.assert_array_equal(ours, ref)  # 100 % identical
-    nearest = create("knn", k=k, metric=metric, tie_break="nearest").scores(support, labels, query)
-    if k > 1 and shots > 1:  # votes tie often here, so the named variant must differ somewhere
+    nearest = create("knn", k=k, metric=metric).scores(support, labels, query)  # the default rule
+    if k > 1 and shots > 1:  # votes tie often here, so the default must differ somewhere
         assert (nearest.argmax(-1).numpy() != ref).any()
+    if shots == 1 and k >= 5:  # every vote ties: sklearn's rule says class 0, the default is 1-NN
+        assert (ref == 0).all()
+        one_nn = create("knn", k=1, metric=metric).scores(support, labels, query).argmax(-1).numpy()
+        np.testing.assert_array_equal(nearest.argmax(-1).numpy(), one_nn)
 
 
 # -- SimNL (Zhang et al., WACV 2025), image-only -------------------------------------------------
