@@ -1,25 +1,52 @@
 """Time the batched few-shot heads against per-episode references, in one run (not a test).
 
-    python benchmarks/bench_methods.py --episodes 3000 --features 12000 --dim 640 --json out.json
+    python benchmarks/bench_methods.py --episodes 3000 --peer-episodes 200 --repeats 1 --json bench_methods.json
 
 Synthetic ReLU-like features (``--features`` rows of ``--dim`` floats, 20 classes) stand in for a
 cached test split; 5-way 1-shot and 5-shot, 15-query episodes address rows like
 ``EpisodeSet.indices`` does (support sorted by class). The episodes are gathered from the feature
 matrix once, before timing (that step is the evaluator's; its time is shown on its own line); every
 head then gets the same episode tensors, the batched ones in slices of ``--batch-episodes``
-episodes, the per-episode ones episode by episode. Timings include the argmax. For each shot count:
+episodes (default: the evaluator's choice, ``fewshot_bench.evaluate``: ~32 MiB of features per
+batch for ``batch_invariant`` heads, ~256 MiB for the others), the per-episode ones episode by
+episode. Timings include the argmax. For each shot count,
+ours (``fewshot_bench``, batched, validated) against (hyper-parameters and preprocessing matched, so
+that both compute the same function; see the method files and their reference tests):
 
-* ProtoNet: ``fewshot_bench`` (batched, validated) / two minimal batched torch references (class
-  means by ``view().mean()``, then ``torch.cdist``, or one ``matmul``; same scores) / easyfsl 1.5.0
-  ``PrototypicalNetworks`` per episode, the loop of ``easyfsl.utils.evaluate_on_one_task``
-  (``process_support_set`` + ``forward``) without a DataLoader;
-* logistic regression, RFS style: ``fewshot_bench`` ``logistic`` (batched) / scikit-learn
-  ``LogisticRegression(C=1.0, max_iter=1000)`` on ``sklearn.preprocessing.normalize``-d features per
-  episode, with BLAS limited to one thread (its fastest setting for such tiny fits). With
-  ``--sklearn-episodes`` below ``--episodes``, scikit-learn runs on the first episodes only and its
-  time is extrapolated linearly (the output says so).
+* ``protonet`` / two minimal batched torch references (class means by ``view().mean()``, then
+  ``torch.cdist`` or one ``matmul``; same scores) / easyfsl 1.5.0 ``PrototypicalNetworks``;
+* ``logistic`` (RFS style) / scikit-learn ``LogisticRegression(C=1.0, max_iter=1000)`` on
+  ``sklearn.preprocessing.normalize``-d features;
+* ``tim`` with ``classifier="cosine", temperature=10, ce_weight=1, iterations=50,
+  preprocess="none"`` / easyfsl ``TIM()`` (its defaults: 50 Adam steps, lr 1e-4, weights 1, 1, 0.1,
+  raw features);
+* ``laplacianshot`` with ``rectification="bdcspn", rect_temperature=1, lam=0.7`` (cl2n) / easyfsl
+  ``LaplacianShot(feature_centering=base_mean, feature_normalization=2)``; ``base_mean`` is the
+  mean of the whole synthetic feature matrix (standing in for the train split's);
+* ``ptmap`` with ``preprocess="power:0.5", episode_centering=False, n_epochs=10`` / easyfsl
+  ``PTMAP()``. Both get the features divided by their L1 norm (so that the power transform yields
+  unit vectors, the paper's power + L2N): on the raw 640-D features easyfsl's
+  ``exp(-10 * ||q - m||^2)`` underflows to 0 and its transport plans are NaN;
+* ``transductive-ft`` with ``classifier="euclidean", alternate=False, preprocess="none"`` / easyfsl
+  ``TransductiveFinetuning()`` (25 Adam steps, lr 5e-5, temperature 1, raw features);
+* ``bdcspn:easyfsl`` / easyfsl ``BDCSPN()`` (raw features);
+* ``knn:sklearn`` (k=5, euclidean, scikit-learn's tie rule; the ``knn`` default breaks ties by the
+  nearest voter, same cost) / scikit-learn ``KNeighborsClassifier(n_neighbors=5)``; in 1-shot every
+  class gets one of the 5 votes, so both predict the smallest label for every query (chance);
+* ``svm`` (Crammer-Singer dual, C=0.1, duality gap 1e-6) / scikit-learn
+  ``LinearSVC(multi_class="crammer_singer", C=0.1, fit_intercept=False)`` (its default tol 1e-4).
 
-Batched timings are the best of ``--repeats`` runs, per-episode ones of ``min(--repeats, 2)``.
+easyfsl runs the loop of ``easyfsl.utils.evaluate`` (one model, ``eval()``, ``torch.no_grad()``,
+``evaluate_on_one_task``: ``process_support_set`` + ``forward`` per episode, the fine-tuning methods
+switch ``torch.enable_grad()`` on themselves) without its DataLoader, backbone ``nn.Identity()``.
+scikit-learn fits one estimator per episode. With ``--peer-episodes`` below ``--episodes`` every
+per-episode peer runs on the first episodes only and its time is extrapolated linearly to
+``--episodes`` (the output says so); its accuracy and its agreement with ours (share of identical
+argmax predictions) are on those episodes. ``--threads`` (default 1) sets ``torch.set_num_threads``
+and, through threadpoolctl, the BLAS / OpenMP pools, for ours and the peers alike.
+
+Batched timings are the best of ``--repeats`` runs, per-episode ones of ``min(--repeats, 2)``; each
+contender is warmed up on a few episodes first.
 """
 
 from __future__ import annotations
@@ -27,14 +54,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from _common import command_line, timed
+from threadpoolctl import threadpool_limits
 
 from fewshot_bench import methods
+
+WARMUP_EPISODES = 4
 
 
 def make_features(n: int, dim: int, n_classes: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
@@ -90,31 +121,103 @@ def reference_protonet_matmul(
     return 2 * (query @ means.transpose(1, 2)) - means.pow(2).sum(-1).unsqueeze(1) - q2
 
 
-def easyfsl_protonet(support, query, s_labels) -> torch.Tensor:
-    from easyfsl.methods import PrototypicalNetworks
-
-    model, preds = PrototypicalNetworks(torch.nn.Identity()), []
-    model.eval()
-    with torch.no_grad():
-        for s, q in zip(support, query):  # easyfsl.utils.evaluate_on_one_task, keeping the predictions
-            model.process_support_set(s, s_labels)
-            preds.append(torch.max(model(q).detach().data, 1)[1])
-    return torch.stack(preds)
+# -- per-episode peers: fn(support (E, N*K, D), query (E, Q, D), support labels (N*K,)) -> (E, Q) ----
+Peer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def sklearn_logistic(support: np.ndarray, query: np.ndarray, s_labels: np.ndarray) -> np.ndarray:
+def easyfsl_loop(make_model: Callable[[], torch.nn.Module]) -> Peer:
+    """``easyfsl.utils.evaluate``'s loop on features: ``evaluate_on_one_task`` per episode."""
+
+    def run(support, query, s_labels):
+        model, preds = make_model(), []
+        model.eval()
+        with torch.no_grad():
+            for s, q in zip(support, query):
+                model.process_support_set(s, s_labels)
+                preds.append(torch.max(model(q).detach().data, 1)[1])
+        return torch.stack(preds)
+
+    return run
+
+
+def sklearn_loop(make_estimator: Callable[[], object], normalize: bool = False) -> Peer:
+    """One scikit-learn estimator fitted per episode (``normalize``: L2-normalise rows first, RFS)."""
+    from sklearn.preprocessing import normalize as l2n
+
+    def run(support, query, s_labels):
+        prep = l2n if normalize else (lambda x: x)
+        y, preds = s_labels.numpy(), []
+        for s, q in zip(support.numpy(), query.numpy()):
+            preds.append(make_estimator().fit(prep(s), y).predict(prep(q)))
+        return torch.from_numpy(np.stack(preds))
+
+    return run
+
+
+def l1_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their L1 norm (non-negative features: ``power:0.5`` of them is a unit vector)."""
+    return x / x.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def contenders(
+    base_mean: torch.Tensor,
+) -> list[tuple[str, methods.FewShotMethod, str, Peer, Callable | None, float]]:
+    """``(head, ours, peer description, peer, input transform or None, speed-up target)`` per head."""
+    from easyfsl import methods as ef
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import normalize
-    from threadpoolctl import threadpool_limits
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import LinearSVC
 
-    preds = []
-    with threadpool_limits(1):
-        for s, q in zip(support, query):
-            clf = LogisticRegression(C=1.0, max_iter=1000).fit(normalize(s), s_labels)
-            preds.append(clf.predict(normalize(q)))
-    return np.stack(preds)
+    identity = torch.nn.Identity
+    return [
+        ("protonet", methods.create("protonet"), "easyfsl 1.5.0 PrototypicalNetworks",
+         easyfsl_loop(lambda: ef.PrototypicalNetworks(identity())), None, 6.0),
+        ("logistic", methods.create("logistic"), "scikit-learn LogisticRegression",
+         sklearn_loop(lambda: LogisticRegression(C=1.0, max_iter=1000), normalize=True), None, 20.0),
+        ("tim",
+         methods.create("tim", classifier="cosine", temperature=10.0, ce_weight=1.0, iterations=50,
+                        preprocess="none"),
+         "easyfsl 1.5.0 TIM", easyfsl_loop(lambda: ef.TIM(identity())), None, 10.0),
+        ("laplacianshot",
+         methods.create("laplacianshot", base_mean=base_mean, rectification="bdcspn", rect_temperature=1.0,
+                        lam=0.7),
+         "easyfsl 1.5.0 LaplacianShot",
+         easyfsl_loop(lambda: ef.LaplacianShot(identity(), feature_centering=base_mean, feature_normalization=2)),
+         None, 10.0),
+        ("ptmap", methods.create("ptmap", preprocess="power:0.5", episode_centering=False, n_epochs=10),
+         "easyfsl 1.5.0 PTMAP", easyfsl_loop(lambda: ef.PTMAP(identity())), l1_rows, 10.0),
+        ("transductive-ft",
+         methods.create("transductive-ft", classifier="euclidean", alternate=False, preprocess="none"),
+         "easyfsl 1.5.0 TransductiveFinetuning", easyfsl_loop(lambda: ef.TransductiveFinetuning(identity())),
+         None, 10.0),
+        ("bdcspn:easyfsl", methods.create("bdcspn:easyfsl"), "easyfsl 1.5.0 BDCSPN",
+         easyfsl_loop(lambda: ef.BDCSPN(identity())), None, 10.0),
+        ("knn:sklearn", methods.create("knn:sklearn"), "scikit-learn KNeighborsClassifier",
+         sklearn_loop(lambda: KNeighborsClassifier(n_neighbors=5)), None, 10.0),
+        ("svm", methods.create("svm"), "scikit-learn LinearSVC crammer_singer",
+         sklearn_loop(lambda: LinearSVC(multi_class="crammer_singer", C=0.1, fit_intercept=False)), None, 10.0),
+    ]  # fmt: skip
 
 
+HEADS = (
+    "protonet",
+    "logistic",
+    "tim",
+    "laplacianshot",
+    "ptmap",
+    "transductive-ft",
+    "bdcspn:easyfsl",
+    "knn:sklearn",
+    "svm",
+)
+
+
+def evaluator_batch(method: methods.FewShotMethod, rows_per_episode: int, dim: int) -> int:
+    """Episodes per ``scores`` call as ``evaluate_rows`` picks them for ``method`` (float32 features)."""
+    from fewshot_bench.evaluate import _BATCH_BYTES, _INVARIANT_BATCH_BYTES, episode_batch_size
+
+    budget = _INVARIANT_BATCH_BYTES if method.batch_invariant else _BATCH_BYTES
+    return episode_batch_size(rows_per_episode, dim, budget=budget)
 
 
 def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarray, shots: int):
@@ -122,55 +225,63 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
     s_rows, q_rows = sample_episodes(labels, args.episodes, args.ways, shots, args.queries, args.seed + shots)
     s_lab = torch.arange(args.ways).repeat_interleave(shots)[None]
     q_lab = torch.arange(args.ways).repeat_interleave(args.queries)[None]
-    n_sk = min(args.sklearn_episodes or args.episodes, args.episodes)
+    n_peer = min(args.peer_episodes or args.episodes, args.episodes)
     t_gather, (support, query) = timed(lambda: (gather(feats, s_rows), gather(feats, q_rows)), 1)
-
-    def run(score_fn):
-        return lambda: batched(score_fn, support, query, s_lab, args.batch_episodes)
-
-    proto, logistic = methods.create("protonet"), methods.create("logistic")
-    run(proto.scores)()  # warm-up
-    t_ours, p_ours = timed(run(proto.scores), args.repeats)
-    t_cdist, p_cdist = timed(run(reference_protonet_cdist), args.repeats)
-    t_mm, p_mm = timed(run(reference_protonet_matmul), args.repeats)
-    t_easy, p_easy = timed(lambda: easyfsl_protonet(support, query, s_lab[0]), min(args.repeats, 2))
-    t_lr, p_lr = timed(run(logistic.scores), args.repeats)
-    sk_in = support[:n_sk].numpy(), query[:n_sk].numpy(), s_lab[0].numpy()
-    t_sk, p_sk = timed(lambda: sklearn_logistic(*sk_in), 1)
-    t_sk *= args.episodes / n_sk
-    sk_note = "" if n_sk == args.episodes else f" (timed on {n_sk}, extrapolated)"
 
     def rate(a, b) -> float:
         return float((torch.as_tensor(a) == torch.as_tensor(b)).double().mean())
 
-    def row(head, implementation, seconds, pred=None, ours=None, t_ours=None):
+    def row(head, implementation, seconds, pred=None, ours=None, t_ours=None, timed_on=args.episodes):
         nan = float("nan")
         return {
-            "shots": shots, "head": head, "implementation": implementation, "seconds": seconds,
-            "accuracy": nan if pred is None else rate(pred, q_lab),
+            "shots": shots, "head": head, "implementation": implementation, "timed_on": timed_on,
+            "seconds": seconds, "accuracy": nan if pred is None else rate(pred, q_lab),
             "agreement": nan if ours is None else rate(pred, ours),
             "ours_faster_by": nan if t_ours is None else seconds / t_ours,
         }  # fmt: skip
 
-    rows = [
-        row("(gather)", "index_select the episodes' features", t_gather),
-        row("protonet", "fewshot_bench (batched)", t_ours, p_ours, p_ours, t_ours),
-        row("protonet", "batched torch reference, cdist", t_cdist, p_cdist, p_ours, t_ours),
-        row("protonet", "batched torch reference, matmul", t_mm, p_mm, p_ours, t_ours),
-        row("protonet", "easyfsl 1.5.0 per episode", t_easy, p_easy, p_ours, t_ours),
-        row("logistic", "fewshot_bench (batched)", t_lr, p_lr, p_lr, t_lr),
-        row("logistic", "scikit-learn per episode" + sk_note, t_sk, p_sk, p_lr[:n_sk], t_lr),
-    ]
-    agreement = rows[-1]["agreement"]
-    checks = [
-        (
-            f"{shots}-shot protonet within 1.3x of the fastest batched reference",
-            t_ours <= 1.3 * min(t_mm, t_cdist),
-        ),
-        (f"{shots}-shot protonet >= 6x faster than easyfsl", t_easy >= 6 * t_ours),
-        (f"{shots}-shot logistic >= 20x faster than scikit-learn", t_sk >= 20 * t_lr),
-        (f"{shots}-shot logistic >= 99% identical predictions ({100 * agreement:.2f}%)", agreement >= 0.99),
-    ]
+    def ours_timed(score_fn, s, q, batch):
+        batched(score_fn, s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab, batch)
+        return timed(lambda: batched(score_fn, s, q, s_lab, batch), args.repeats)
+
+    def peer_timed(peer, s, q):
+        """Time on the first ``n_peer`` episodes, extrapolated linearly to all of them."""
+        peer(s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab[0])
+        seconds, preds = timed(lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]), min(args.repeats, 2))
+        return seconds * args.episodes / n_peer, preds
+
+    peer_note = "" if n_peer == args.episodes else f", timed on {n_peer} (extrapolated)"
+    rows, checks = [row("(gather)", "index_select the episodes' features", t_gather)], []
+    for head, ours, peer_name, peer, transform, target in contenders(feats.mean(0)):
+        if head not in args.heads:
+            continue
+        s, q = (support, query) if transform is None else (transform(support), transform(query))
+        batch = args.batch_episodes or evaluator_batch(ours, s.shape[1] + q.shape[1], s.shape[2])
+        t_ours, p_ours = ours_timed(ours.scores, s, q, batch)
+        rows.append(row(head, f"fewshot_bench (batched, {batch} episodes per call)", t_ours, p_ours))
+        if head == "protonet":
+            t_refs = []
+            for name, ref in (("cdist", reference_protonet_cdist), ("matmul", reference_protonet_matmul)):
+                t_ref, p_ref = ours_timed(ref, s, q, batch)
+                rows.append(row(head, f"batched torch reference, {name}", t_ref, p_ref, p_ours, t_ours))
+                t_refs.append(t_ref)
+            checks.append(
+                (
+                    f"{shots}-shot protonet within 1.3x of the fastest batched reference",
+                    t_ours <= 1.3 * min(t_refs),
+                )
+            )
+        t_peer, p_peer = peer_timed(peer, s, q)
+        rows.append(
+            row(head, f"{peer_name} per episode{peer_note}", t_peer, p_peer, p_ours[:n_peer], t_ours, n_peer)
+        )
+        agreement = rows[-1]["agreement"]
+        checks += [
+            (f"{shots}-shot {head} >= {target:g}x faster than {peer_name} ({t_peer / t_ours:.1f}x)",
+             t_peer >= target * t_ours),
+            (f"{shots}-shot {head} >= 99% identical predictions ({100 * agreement:.2f}%)", agreement >= 0.99),
+        ]  # fmt: skip
+        del s, q
     return rows, checks
 
 
@@ -185,31 +296,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     p.add_argument("--queries", type=int, default=15)
-    p.add_argument("--batch-episodes", type=int, default=1000, help="episodes per batched call")
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
     p.add_argument(
-        "--sklearn-episodes", type=int, default=None, help="run scikit-learn on this many, extrapolate"
+        "--batch-episodes",
+        type=int,
+        default=None,
+        help="episodes per batched call (default: the evaluator's)",
     )
+    p.add_argument(
+        "--peer-episodes", type=int, default=None,
+        help="run the per-episode peers on this many episodes and extrapolate (default: all)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch and BLAS threads, ours and the peers' (default 1)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     feats, labels = make_features(args.features, args.dim, args.classes, args.seed)
     load_before = os.getloadavg()
     rows, checks = [], []
-    for shots in args.shots:
-        r, c = bench_shots(args, feats, labels, shots)
-        rows, checks = rows + r, checks + c
+    with threadpool_limits(args.threads):
+        for shots in args.shots:
+            r, c = bench_shots(args, feats, labels, shots)
+            rows, checks = rows + r, checks + c
     table = pd.DataFrame(rows)
     table["ms_per_episode"] = 1000 * table["seconds"] / args.episodes
     print(
         f"{args.episodes} episodes of {args.ways}-way, {args.queries} queries on {args.features}x{args.dim} "
-        f"float32 features; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs, load average before {load_before[0]:.1f}"
+        f"float32 features; seconds for all {args.episodes} episodes; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average before {load_before[0]:.1f}"
     )
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     for name, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     if args.json:
