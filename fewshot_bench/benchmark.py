@@ -316,8 +316,29 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
     its in-memory digits). ``log`` receives the provenance lines (checkpoint, load report,
     protocol) and notes such as newly written episode files.
     """
-    from .methods import create as create_method
+    plan, specs, episode_sets, chains = _plan_run(cfg)
+    load = load_split or _default_loader(cfg)
+    checkpoint_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
+    provenance = (f"checkpoint {cfg.checkpoint or 'none (random initialisation)'}"
+                  + (f" sha256 {checkpoint_sha[:16]}…" if checkpoint_sha else "")
+                  + f"; arch {plan.arch}" + (f"; preset {plan.preset}" if plan.preset else ""))
+    run = _Collected()
+    for dataset in cfg.datasets:
+        split = load(dataset, cfg.split)
+        feats = _dataset_features(cfg, plan, split, run, log, provenance)
+        provenance = ""  # printed once, when the first checkpoint load fits: a refusal stays one line
+        methods = _create_methods(cfg, plan, chains, load, dataset)
+        for spec, eps, created in _episode_sets(cfg, specs, split, episode_sets):
+            if created:
+                log(f"wrote episode file {eps.path} ({spec.n_episodes} episodes drawn with seed {spec.seed})")
+            _evaluate_set(cfg, split, feats, spec, eps, methods, run)
+    summary = _run_summary(cfg, plan, checkpoint_sha, run)
+    return RunResult(pd.concat(run.frames, ignore_index=True)[PER_EPISODE_COLUMNS], summary)
 
+
+def _plan_run(cfg: EvalConfig) -> tuple[ModelPlan, list[EpisodeSpec], list[Any], dict[str, Any]]:
+    """Check ``cfg`` before any data is decoded; return the model plan, the episode specs, the
+    ``--episode-file`` sets and each method's preprocessing chain."""
     if cfg.ci_method not in ("t", "normal"):
         raise ConfigError(f"--ci must be 't' or 'normal', got {cfg.ci_method!r}")
     if not cfg.datasets:
@@ -330,86 +351,105 @@ def run_benchmark(cfg: EvalConfig, *, load_split: SplitLoader | None = None,
             raise ConfigError(f"{flag} {' '.join(map(str, values))} lists a value twice; give distinct values")
     specs = [EpisodeSpec(w, k, cfg.queries, cfg.episodes, cfg.seed) for w in _ints(cfg.ways) for k in cfg.shots]
     episode_sets = _episode_files(cfg)  # --episode-file: read and checked before any data is decoded
-    load = load_split or _default_loader(cfg)
     chains = method_chains(cfg)  # unknown names and bad --preprocess chains fail here
     unused = sorted(set(cfg.method_params) - set(chains))
     if unused:
         raise ConfigError(f"--param given for {', '.join(unused)}, which is not among --methods "
                           f"{' '.join(cfg.methods)}")
-    needs_base = {name for name, chain in chains.items() if chain.needs_base_mean}
-    checkpoint_sha = sha256_file(cfg.checkpoint) if cfg.checkpoint else None
-    provenance = (f"checkpoint {cfg.checkpoint or 'none (random initialisation)'}"
-                  + (f" sha256 {checkpoint_sha[:16]}…" if checkpoint_sha else "")
-                  + f"; arch {plan.arch}" + (f"; preset {plan.preset}" if plan.preset else ""))
+    return plan, specs, episode_sets, chains
 
-    frames, results, episode_files = [], [], []
-    transforms_used: dict[str, dict[str, str]] = {}
-    load_reports: dict[str, Any] = {}
-    feature_dims: dict[str, int] = {}
-    for dataset in cfg.datasets:
-        split = load(dataset, cfg.split)
-        protocol = plan.protocols[dataset]
-        report = check_load(plan, split, allow_partial=cfg.allow_partial)
-        if provenance:  # printed once the checkpoint is known to fit: a refusal stays one line
-            log(provenance)
-            provenance = ""
-        if report is not None:
-            load_reports[dataset] = report.to_json()
-            log(f"{dataset}: load {report.summary()}")
-        log(f"{dataset}: protocol {protocol.describe()}")
-        transforms_used[dataset] = {"name": protocol.transform.name, "key": protocol.transform.key}
-        feats = _features(cfg, plan, split)
-        feature_dims[dataset] = int(feats.shape[1])
-        base_means: dict[str, np.ndarray] = {}  # chain spec -> mu_base
-        if needs_base:  # centring chains (SimpleShot's CL2N) use the mean feature of the base (train) split only
-            base = _features(cfg, plan, load(dataset, "train"))
-            for name in sorted(needs_base):
-                if chains[name].spec not in base_means:
-                    base_means[chains[name].spec] = chains[name].base_mean_from(base)
-            del base
-        methods = {name: create_method(name, **dict(cfg.method_params.get(name, {})), preprocess=chains[name].spec,
-                                       base_mean=base_means.get(chains[name].spec))
-                   for name in cfg.methods}
-        for spec, eps, created in _episode_sets(cfg, specs, split, episode_sets):
-            if created:
-                log(f"wrote episode file {eps.path} ({spec.n_episodes} episodes drawn with seed {spec.seed})")
-            eps_sha = eps.sha256()
-            episode_files.append({"dataset": dataset, "split": cfg.split, "ways": spec.ways, "shots": spec.shots,
-                                  "queries": spec.queries, "n_episodes": spec.n_episodes, "seed": spec.seed,
-                                  "file": str(eps.path), "sha256": eps_sha,
-                                  "data_fingerprint": split.fingerprint})
-            for name, method in methods.items():
-                acc = evaluate_episodes(feats, eps, split, method, device=cfg.device, progress=cfg.progress,
-                                        desc=f"{dataset} {spec.shots}-shot {name}")
-                ci = mean_ci(acc, level=0.95, method=cfg.ci_method)
-                frames.append(pd.DataFrame({"dataset": dataset, "split": cfg.split, "ways": spec.ways,
-                                            "shots": spec.shots, "queries": spec.queries, "method": name,
-                                            "episode": np.arange(len(acc)), "accuracy": acc}))
-                params = {k: v for k, v in getattr(method, "params", {}).items() if k != "base_mean"}
-                chain = method.preprocess_chain
-                results.append({"dataset": dataset, "split": cfg.split, "ways": spec.ways, "shots": spec.shots,
-                                "queries": spec.queries, "method": name, "method_params": jsonable(params),
-                                "preprocess": chain.spec, "preprocess_description": chain.describe(),
-                                "transductive": bool(getattr(method, "transductive", False)),
-                                "mean": ci.mean, "std": ci.std, "ci95": ci.ci, "ci_method": ci.method,
-                                "n_episodes": ci.n, "episodes_sha256": eps_sha})
-    summary = {
+
+@dataclass
+class _Collected:
+    """What :func:`run_benchmark` gathers over the datasets for ``per_episode.csv`` and ``summary.json``."""
+
+    frames: list[pd.DataFrame] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    episode_files: list[dict[str, Any]] = field(default_factory=list)
+    transforms: dict[str, dict[str, str]] = field(default_factory=dict)
+    load_reports: dict[str, Any] = field(default_factory=dict)
+    feature_dims: dict[str, int] = field(default_factory=dict)
+
+
+def _dataset_features(cfg: EvalConfig, plan: ModelPlan, split: Any, run: _Collected,
+                      log: Callable[[str], None], provenance: str) -> np.ndarray:
+    """Check that the checkpoint fits ``split``'s model, log the provenance, load report and protocol,
+    and return the (cached) features ``(N, D)`` of ``split``."""
+    dataset = split.dataset
+    protocol = plan.protocols[dataset]
+    report = check_load(plan, split, allow_partial=cfg.allow_partial)
+    if provenance:
+        log(provenance)
+    if report is not None:
+        run.load_reports[dataset] = report.to_json()
+        log(f"{dataset}: load {report.summary()}")
+    log(f"{dataset}: protocol {protocol.describe()}")
+    run.transforms[dataset] = {"name": protocol.transform.name, "key": protocol.transform.key}
+    feats = _features(cfg, plan, split)
+    run.feature_dims[dataset] = int(feats.shape[1])
+    return feats
+
+
+def _create_methods(cfg: EvalConfig, plan: ModelPlan, chains: Mapping[str, Any], load: SplitLoader,
+                    dataset: str) -> dict[str, Any]:
+    """``{name: method}`` for ``cfg.methods``, each with its chain; a centring chain (SimpleShot's
+    CL2N) gets the mean feature of the base (train) split only, read only when a chain needs it."""
+    from .methods import create as create_method
+
+    base_means: dict[str, np.ndarray] = {}  # chain spec -> mu_base
+    needs_base = {name for name, chain in chains.items() if chain.needs_base_mean}
+    if needs_base:
+        base = _features(cfg, plan, load(dataset, "train"))
+        for name in sorted(needs_base):
+            if chains[name].spec not in base_means:
+                base_means[chains[name].spec] = chains[name].base_mean_from(base)
+        del base
+    return {name: create_method(name, **dict(cfg.method_params.get(name, {})), preprocess=chains[name].spec,
+                                base_mean=base_means.get(chains[name].spec))
+            for name in cfg.methods}
+
+
+def _evaluate_set(cfg: EvalConfig, split: Any, feats: np.ndarray, spec: EpisodeSpec, eps: Any,
+                  methods: Mapping[str, Any], run: _Collected) -> None:
+    """Every method on the episode set ``eps``: per-episode accuracies and their mean ± CI into ``run``."""
+    dataset = split.dataset
+    eps_sha = eps.sha256()
+    cell = {"dataset": dataset, "split": cfg.split, "ways": spec.ways, "shots": spec.shots, "queries": spec.queries}
+    run.episode_files.append({**cell, "n_episodes": spec.n_episodes, "seed": spec.seed, "file": str(eps.path),
+                              "sha256": eps_sha, "data_fingerprint": split.fingerprint})
+    for name, method in methods.items():
+        acc = evaluate_episodes(feats, eps, split, method, device=cfg.device, progress=cfg.progress,
+                                desc=f"{dataset} {spec.shots}-shot {name}")
+        ci = mean_ci(acc, level=0.95, method=cfg.ci_method)
+        run.frames.append(pd.DataFrame({**cell, "method": name, "episode": np.arange(len(acc)), "accuracy": acc}))
+        params = {k: v for k, v in getattr(method, "params", {}).items() if k != "base_mean"}
+        chain = method.preprocess_chain
+        run.results.append({**cell, "method": name, "method_params": jsonable(params),
+                            "preprocess": chain.spec, "preprocess_description": chain.describe(),
+                            "transductive": bool(getattr(method, "transductive", False)),
+                            "mean": ci.mean, "std": ci.std, "ci95": ci.ci, "ci_method": ci.method,
+                            "n_episodes": ci.n, "episodes_sha256": eps_sha})
+
+
+def _run_summary(cfg: EvalConfig, plan: ModelPlan, checkpoint_sha: str | None, run: _Collected) -> dict[str, Any]:
+    """``summary.json``: the configuration, provenance, protocols, package versions and results."""
+    return {
         "format": "fewshot-bench-run",
         "format_version": RUN_FORMAT_VERSION,
         "fewshot_bench_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_json(),
-        "transforms": transforms_used,
+        "transforms": run.transforms,
         "checkpoint": {"path": cfg.checkpoint, "sha256": checkpoint_sha, "arch": plan.arch,
                        "arch_kwargs": jsonable(dict(plan.arch_kwargs)), "preset": plan.preset,
-                       "format": next((r.get("format") for r in load_reports.values()), None),
-                       "load_report": next(iter(load_reports.values()), None), "meta": jsonable(dict(plan.meta))},
-        "protocols": {d: {**p.to_json(), "feature_dim": feature_dims[d]} for d, p in plan.protocols.items()},
+                       "format": next((r.get("format") for r in run.load_reports.values()), None),
+                       "load_report": next(iter(run.load_reports.values()), None),
+                       "meta": jsonable(dict(plan.meta))},
+        "protocols": {d: {**p.to_json(), "feature_dim": run.feature_dims[d]} for d, p in plan.protocols.items()},
         "packages": package_versions(),
-        "episode_files": episode_files,
-        "results": results,
+        "episode_files": run.episode_files,
+        "results": run.results,
     }
-    return RunResult(pd.concat(frames, ignore_index=True)[PER_EPISODE_COLUMNS], summary)
 
 
 def summary_frame(summary: Mapping[str, Any]) -> pd.DataFrame:

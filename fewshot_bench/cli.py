@@ -782,17 +782,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "cached features, mean accuracy with 95%% confidence intervals.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in _COMMANDS:
+        add_command(sub)
+    return parser
 
-    def add(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter,
-                           epilog=_EXAMPLES.get(name))
-        p.set_defaults(func=func)
-        return p
 
-    p = add("demo", cmd_demo, "run the whole flow on scikit-learn's digits (no download): fine-tune, evaluate",
-            "Fine-tune a Conv-4 on 5 base digits of sklearn.datasets.load_digits, then evaluate 5-way 1-shot "
-            "and 5-shot over 3,000 fixed episodes of the 5 novel digits; prints the table and writes a run "
-            "folder.")
+def _add_command(sub, name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description or help, formatter_class=_Formatter,
+                       epilog=_EXAMPLES.get(name))
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_demo(sub) -> None:
+    p = _add_command(
+        sub, "demo", cmd_demo, "run the whole flow on scikit-learn's digits (no download): fine-tune, evaluate",
+        "Fine-tune a Conv-4 on 5 base digits of sklearn.datasets.load_digits, then evaluate 5-way 1-shot "
+        "and 5-shot over 3,000 fixed episodes of the 5 novel digits; prints the table and writes a run "
+        "folder.")
     p.add_argument("--out", default="reports/demo", help="run folder to write")
     p.add_argument("--episodes", type=_positive_int, default=3000, help="episodes per set")
     p.add_argument("--epochs", type=_positive_int, default=None, help="fine-tuning epochs (default: the demo's)")
@@ -800,12 +807,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes-dir", default="episodes", help="where episode files are read/written")
     p.add_argument("--cache-dir", default=None, help="feature cache folder")
 
-    p = add("eval", cmd_eval, "benchmark a checkpoint: mean accuracy ± 95%% CI over fixed episodes",
-            "Evaluate a backbone checkpoint on one or more benchmarks over fixed episode files; writes "
-            "RUN/per_episode.csv, RUN/summary.json and RUN/summary.csv and prints a table. The checkpoint's "
-            "sha256, detected format, load report and the input protocol used are printed and stored.\n\n"
-            "example:\n  fewshot-bench eval --checkpoint rfs_resnet12_last.pth --preset rfs-resnet12 \\\n"
-            "      --dataset miniimagenet --data-root ~/data --out reports/rfs")
+
+def _add_eval(sub) -> None:
+    p = _add_command(
+        sub, "eval", cmd_eval, "benchmark a checkpoint: mean accuracy ± 95%% CI over fixed episodes",
+        "Evaluate a backbone checkpoint on one or more benchmarks over fixed episode files; writes "
+        "RUN/per_episode.csv, RUN/summary.json and RUN/summary.csv and prints a table. The checkpoint's "
+        "sha256, detected format, load report and the input protocol used are printed and stored.\n\n"
+        "example:\n  fewshot-bench eval --checkpoint rfs_resnet12_last.pth --preset rfs-resnet12 \\\n"
+        "      --dataset miniimagenet --data-root ~/data --out reports/rfs")
     _add_model_flags(p, many=True)
     _add_data_flags(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
@@ -822,16 +832,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write, e.g. reports/my-run")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
 
-    p = add("datasets", cmd_datasets, "list supported benchmarks and the layouts found under a data root")
+
+def _add_datasets(sub) -> None:
+    p = _add_command(sub, "datasets", cmd_datasets,
+                     "list supported benchmarks and the layouts found under a data root")
     p.add_argument("--data-root", default=None, metavar="DIR", help="show what is found under DIR")
 
-    p = add("episodes", cmd_episodes, "draw, import and export fixed episode files",
-            "Draw episode sets and save them as files, one per split x ways x shots. With --data-root a set is "
-            "drawn from the data and bound to its fingerprint (file name "
-            "DATASET_SPLIT_data-<fingerprint>_5w1s15q_3000ep_seed0.episodes.zip); without it, from the "
-            "benchmark's known class structure (DATASET_SPLIT_classes-<structure hash>_...). A file that holds "
-            "other episodes is only replaced with --force. `episodes import` turns a published episode list "
-            "(CSV/JSON of file names or indices) into an episode file; `episodes export` writes one as a list.")
+
+def _add_episodes(sub) -> None:
+    p = _add_command(
+        sub, "episodes", cmd_episodes, "draw, import and export fixed episode files",
+        "Draw episode sets and save them as files, one per split x ways x shots. With --data-root a set is "
+        "drawn from the data and bound to its fingerprint (file name "
+        "DATASET_SPLIT_data-<fingerprint>_5w1s15q_3000ep_seed0.episodes.zip); without it, from the "
+        "benchmark's known class structure (DATASET_SPLIT_classes-<structure hash>_...). A file that holds "
+        "other episodes is only replaced with --force. `episodes import` turns a published episode list "
+        "(CSV/JSON of file names or indices) into an episode file; `episodes export` writes one as a list.")
     p.add_argument("--dataset", nargs="+", default=None, metavar="NAME",
                    help="benchmark name(s) to draw sets for (see `fewshot-bench datasets`)")
     p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"],
@@ -849,7 +865,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace existing files that hold other episodes")
     actions = p.add_subparsers(dest="episodes_action", metavar="ACTION", required=False,
                                title="actions (instead of drawing)")
+    _add_episodes_import(actions)
+    _add_episodes_export(actions)
 
+
+def _add_episodes_import(actions) -> None:
     q = actions.add_parser(
         "import", formatter_class=_Formatter, help="turn a CSV/JSON episode list into an episode file",
         description="Read an episode list -- file names (e.g. a paper's published one-shot runs) or (class, "
@@ -880,6 +900,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="FILE", help="episode file to write (.episodes.zip)")
     q.add_argument("--force", action="store_true", help="replace --out if it holds other episodes")
 
+
+def _add_episodes_export(actions) -> None:
     q = actions.add_parser(
         "export", formatter_class=_Formatter, help="write an episode file as a CSV/JSON episode list",
         description="Write the episodes of FILE as a list other code can read: one CSV row per image "
@@ -903,7 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, metavar="FILE", help="file to write (default: print the list)")
     q.add_argument("--force", action="store_true", help="replace --out if it exists")
 
-    p = add("extract", cmd_extract, "fill the feature cache only (no evaluation)")
+
+def _add_extract(sub) -> None:
+    p = _add_command(sub, "extract", cmd_extract, "fill the feature cache only (no evaluation)")
     _add_model_flags(p)
     _add_data_flags(p)
     p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"],
@@ -911,15 +935,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0,
                    help="initialisation seed of --checkpoint none (as eval's --seed, so extract fills what eval reads)")
 
-    p = add("finetune", cmd_finetune, "fine-tune a backbone on a benchmark's train split",
-            "Train ARCH on the train split with any registered loss (CE, SupCon, CLCE, ...) and write a "
-            "checkpoint whose metadata (arch, loss and its parameters, seed, data fingerprint, input "
-            "protocol, val results) eval and table use, plus a per-epoch JSONL log.\n\n"
-            "example (3 initialisations, validated every 5 epochs, best-on-val kept):\n"
-            "  fewshot-bench finetune --arch resnet12 --dataset miniimagenet --data-root ~/data \\\n"
-            "      --loss clce --lam 0.9 --temperature 0.5 --epochs 100 --batch-size 128 \\\n"
-            "      --seeds 0 1 2 --val-every 5 --keep best --out checkpoints/resnet12-clce.pt\n"
-            "  # -> checkpoints/resnet12-clce-seed{0,1,2}.pt and .log.jsonl")
+
+def _add_finetune(sub) -> None:
+    p = _add_command(
+        sub, "finetune", cmd_finetune, "fine-tune a backbone on a benchmark's train split",
+        "Train ARCH on the train split with any registered loss (CE, SupCon, CLCE, ...) and write a "
+        "checkpoint whose metadata (arch, loss and its parameters, seed, data fingerprint, input "
+        "protocol, val results) eval and table use, plus a per-epoch JSONL log.\n\n"
+        "example (3 initialisations, validated every 5 epochs, best-on-val kept):\n"
+        "  fewshot-bench finetune --arch resnet12 --dataset miniimagenet --data-root ~/data \\\n"
+        "      --loss clce --lam 0.9 --temperature 0.5 --epochs 100 --batch-size 128 \\\n"
+        "      --seeds 0 1 2 --val-every 5 --keep best --out checkpoints/resnet12-clce.pt\n"
+        "  # -> checkpoints/resnet12-clce-seed{0,1,2}.pt and .log.jsonl")
     p.formatter_class = _FinetuneFormatter
     p.add_argument("--arch", required=True, metavar="ARCH",
                    help="conv4, resnet12, or any timm model as timm:NAME (e.g. timm:resnet101)")
@@ -930,6 +957,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_nonneg_int, nargs="+", default=None, metavar="S",
                    help="one fine-tuning run per seed; OUT NAME.pt becomes NAME-seedS.pt when several (default: 0)")
     p.add_argument("--seed", type=_nonneg_int, default=None, metavar="S", help="a single seed (same as --seeds S)")
+    _add_finetune_val_flags(p)
+    p.add_argument("--log", default=None, metavar="FILE",
+                   help="per-epoch JSONL log: loss, CE and contrastive parts, lr, grad norm, images/s, val accuracy "
+                        "(default: OUT's name with .log.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's last epoch state")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write, e.g. checkpoints/ce.pt")
+
+
+def _add_finetune_val_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=_nonneg_int, default=0, metavar="N",
                    help="every N epochs (and after the last), ProtoNet accuracy on fixed episodes of the val split; "
                         "0 = never")
@@ -939,70 +975,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-queries", type=_positive_int, default=15, metavar="Q", help="query images per val class")
     p.add_argument("--keep", default="last", choices=["last", "best"],
                    help="write the last epoch's backbone, or the best-on-val one (needs --val-every)")
-    p.add_argument("--log", default=None, metavar="FILE",
-                   help="per-epoch JSONL log: loss, CE and contrastive parts, lr, grad norm, images/s, val accuracy "
-                        "(default: OUT's name with .log.jsonl)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's last epoch state")
-    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write, e.g. checkpoints/ce.pt")
 
-    def add_study_flags(p: argparse.ArgumentParser, losses: list[str]) -> None:
-        p.add_argument("--arch", required=True, metavar="ARCH", help="backbone to fine-tune (see `fewshot-bench archs`)")
-        _add_data_flags(p)
-        p.add_argument("--losses", nargs="+", default=losses, metavar="LOSS",
-                       help="one row per loss; the first is the baseline of the paired tests")
-        p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[0, 1, 2], metavar="S",
-                       help="fine-tuning seeds (one initialisation each; rows show the median over them)")
-        _add_training_flags(p)
-        _add_episode_flags(p, many_ways=False)  # a study's table has one ways column
-        p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD",
-                       help="few-shot heads every checkpoint is evaluated with (see `fewshot-bench methods`)")
-        p.add_argument("--preprocess", default=None, metavar="SPEC", help=_PREPROCESS_HELP)
-        p.add_argument("--aggregate", default="median", choices=["median", "mean"],
-                       help="over seeds: median (the paper's rule) or mean of the per-seed means")
-        p.add_argument("--out", required=True, metavar="DIR",
-                       help="study folder: checkpoints/, runs/, table.*, compare.json, study.json")
 
-    p = add("reproduce", cmd_reproduce, "the CLCE paper's Table 1: losses × seeds × datasets, fine-tuned and evaluated",
-            "Fine-tune ARCH with every loss and seed on each dataset's train split, evaluate every checkpoint on "
-            "the same fixed test episodes, and write OUT/table.{tex,md,csv,json} (median over seeds, episode CI, "
-            "seed range) and OUT/compare.json (paired tests seed by seed against the first loss).\n\n"
-            "example (the paper's scale needs a GPU):\n"
-            "  fewshot-bench reproduce --arch timm:resnet101 --dataset cifar-fs fc100 miniimagenet tieredimagenet \\\n"
-            "      --data-root ~/data --losses ce h-scl ce+supcon clce --seeds 0 1 2 --epochs 100 --out reports/table1")
-    add_study_flags(p, ["ce", "h-scl", "ce+supcon", "clce"])
+def _add_study_flags(p: argparse.ArgumentParser, losses: list[str]) -> None:
+    p.add_argument("--arch", required=True, metavar="ARCH", help="backbone to fine-tune (see `fewshot-bench archs`)")
+    _add_data_flags(p)
+    p.add_argument("--losses", nargs="+", default=losses, metavar="LOSS",
+                   help="one row per loss; the first is the baseline of the paired tests")
+    p.add_argument("--seeds", nargs="+", type=_nonneg_int, default=[0, 1, 2], metavar="S",
+                   help="fine-tuning seeds (one initialisation each; rows show the median over them)")
+    _add_training_flags(p)
+    _add_episode_flags(p, many_ways=False)  # a study's table has one ways column
+    p.add_argument("--methods", nargs="+", default=["protonet"], metavar="METHOD",
+                   help="few-shot heads every checkpoint is evaluated with (see `fewshot-bench methods`)")
+    p.add_argument("--preprocess", default=None, metavar="SPEC", help=_PREPROCESS_HELP)
+    p.add_argument("--aggregate", default="median", choices=["median", "mean"],
+                   help="over seeds: median (the paper's rule) or mean of the per-seed means")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="study folder: checkpoints/, runs/, table.*, compare.json, study.json")
 
-    p = add("sweep", cmd_sweep, "the CLCE paper's studies: batch size (Table 3) or λ (Fig. 2)",
-            "Fine-tune once per loss × value × seed, evaluate on fixed test episodes, and write the table "
-            "(OUT/table.*, OUT/sweep-SETTING.csv) and the plot (OUT/sweep-SETTING.png/.pdf).\n\n"
-            "examples:\n"
-            "  fewshot-bench sweep batch-size --values 64 128 256 512 --losses ce supcon clce --arch resnet12 \\\n"
-            "      --dataset cifar-fs --data-root ~/data --epochs 100 --out reports/batch\n"
-            "  fewshot-bench sweep lambda --values 0 0.1 0.3 0.5 0.7 0.9 1 --losses clce --arch resnet12 \\\n"
-            "      --dataset cifar-fs --data-root ~/data --epochs 100 --out reports/lambda")
+
+def _add_reproduce(sub) -> None:
+    p = _add_command(
+        sub, "reproduce", cmd_reproduce,
+        "the CLCE paper's Table 1: losses × seeds × datasets, fine-tuned and evaluated",
+        "Fine-tune ARCH with every loss and seed on each dataset's train split, evaluate every checkpoint on "
+        "the same fixed test episodes, and write OUT/table.{tex,md,csv,json} (median over seeds, episode CI, "
+        "seed range) and OUT/compare.json (paired tests seed by seed against the first loss).\n\n"
+        "example (the paper's scale needs a GPU):\n"
+        "  fewshot-bench reproduce --arch timm:resnet101 --dataset cifar-fs fc100 miniimagenet tieredimagenet \\\n"
+        "      --data-root ~/data --losses ce h-scl ce+supcon clce --seeds 0 1 2 --epochs 100 --out reports/table1")
+    _add_study_flags(p, ["ce", "h-scl", "ce+supcon", "clce"])
+
+
+def _add_sweep(sub) -> None:
+    p = _add_command(
+        sub, "sweep", cmd_sweep, "the CLCE paper's studies: batch size (Table 3) or λ (Fig. 2)",
+        "Fine-tune once per loss × value × seed, evaluate on fixed test episodes, and write the table "
+        "(OUT/table.*, OUT/sweep-SETTING.csv) and the plot (OUT/sweep-SETTING.png/.pdf).\n\n"
+        "examples:\n"
+        "  fewshot-bench sweep batch-size --values 64 128 256 512 --losses ce supcon clce --arch resnet12 \\\n"
+        "      --dataset cifar-fs --data-root ~/data --epochs 100 --out reports/batch\n"
+        "  fewshot-bench sweep lambda --values 0 0.1 0.3 0.5 0.7 0.9 1 --losses clce --arch resnet12 \\\n"
+        "      --dataset cifar-fs --data-root ~/data --epochs 100 --out reports/lambda")
     p.add_argument("setting", choices=["batch-size", "lambda"], help="the fine-tuning setting to vary")
     p.add_argument("--values", nargs="+", required=True, metavar="V", help="values of the setting")
-    add_study_flags(p, ["ce", "supcon", "clce"])
+    _add_study_flags(p, ["ce", "supcon", "clce"])
 
-    p = add("prepare", cmd_prepare, "build CIFAR-FS or FC100 from the official CIFAR-100 files",
-            "Merge CIFAR-100's train and test sets (600 images per class) and write the benchmark as "
-            "MetaOptNet-format pickles, which `eval --data-root OUT` then reads.")
+
+def _add_prepare(sub) -> None:
+    p = _add_command(
+        sub, "prepare", cmd_prepare, "build CIFAR-FS or FC100 from the official CIFAR-100 files",
+        "Merge CIFAR-100's train and test sets (600 images per class) and write the benchmark as "
+        "MetaOptNet-format pickles, which `eval --data-root OUT` then reads.")
     p.add_argument("benchmark", choices=["cifar-fs", "fc100"], help="the benchmark to build")
     p.add_argument("--cifar100", required=True, metavar="DIR", help="the extracted cifar-100-python folder")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the benchmark's pickles into")
 
-    p = add("methods", cmd_methods, "list the few-shot methods (built-in and plug-ins)")
-    p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("losses", cmd_losses, "list the fine-tuning losses (built-in and plug-ins) with their defaults")
-    p.add_argument("--json", action="store_true", help="print JSON")
+def _add_listings(sub) -> None:
+    for name, func, help in [
+            ("methods", cmd_methods, "list the few-shot methods (built-in and plug-ins)"),
+            ("losses", cmd_losses, "list the fine-tuning losses (built-in and plug-ins) with their defaults"),
+            ("archs", cmd_archs, "list the architectures and the papers' evaluation presets")]:
+        p = _add_command(sub, name, func, help)
+        p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("archs", cmd_archs, "list the architectures and the papers' evaluation presets")
-    p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = add("compare", cmd_compare, "paired comparison of runs over identical episodes",
-            "For every dataset × shots × method the runs share: mean difference with its CI, paired t and "
-            "Wilcoxon p-values (Holm-adjusted), verdicts at α = 0.01 and 0.05. Runs of one configuration that "
-            "differ only in the fine-tuning seed form one row and are compared seed by seed. Writes compare.json.")
+def _add_compare(sub) -> None:
+    p = _add_command(
+        sub, "compare", cmd_compare, "paired comparison of runs over identical episodes",
+        "For every dataset × shots × method the runs share: mean difference with its CI, paired t and "
+        "Wilcoxon p-values (Holm-adjusted), verdicts at α = 0.01 and 0.05. Runs of one configuration that "
+        "differ only in the fine-tuning seed form one row and are compared seed by seed. Writes compare.json.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or glob patterns (quoted or not)")
     p.add_argument("--baseline", default=None, metavar="RUN",
                    help="compare every row against the row of this run")
@@ -1012,7 +1057,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="summary over the seed pairs of a row pair (default: median)")
     p.add_argument("--out", default=None, metavar="FILE", help="JSON output (default: RUN_A/compare.json)")
 
-    p = add("table", cmd_table, "result table (LaTeX/Markdown/CSV/JSON) in the layout of the CLCE paper's Table 1")
+
+def _add_table(sub) -> None:
+    p = _add_command(sub, "table", cmd_table,
+                     "result table (LaTeX/Markdown/CSV/JSON) in the layout of the CLCE paper's Table 1")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or glob patterns (quoted or not)")
     p.add_argument("--format", nargs="+", default=None,
                    choices=["latex", "markdown", "md", "csv", "csv-long", "json"],
@@ -1040,19 +1088,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, metavar="DIR",
                    help="write DIR/table.tex, table.md, table.csv, table.long.csv, table.json (or the --format ones)")
 
-    p = add("plot", cmd_plot, "accuracy-with-CI plots, paired differences against a baseline (PNG + PDF)",
-            "Writes DIR/accuracy (mean ± 95% CI per run), DIR/differences (mean paired difference ± 95% CI of "
-            "each run against the baseline), per-episode difference histograms per run, and DIR/plots.json. Only "
-            "identical episodes pair; each skipped pair is printed with its reason.")
+
+def _add_plot(sub) -> None:
+    p = _add_command(
+        sub, "plot", cmd_plot, "accuracy-with-CI plots, paired differences against a baseline (PNG + PDF)",
+        "Writes DIR/accuracy (mean ± 95% CI per run), DIR/differences (mean paired difference ± 95% CI of "
+        "each run against the baseline), per-episode difference histograms per run, and DIR/plots.json. Only "
+        "identical episodes pair; each skipped pair is printed with its reason.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders or glob patterns (quoted or not)")
     p.add_argument("--baseline", default=None, metavar="RUN", help="the run the others are compared with "
                    "(default: the first)")
     p.add_argument("--label", action="append", metavar="RUN=TEXT", help="series name for a run, repeatable")
     p.add_argument("--out", default="reports/plots", metavar="DIR", help="folder for the PNG and PDF figures")
 
-    p = add("diagnose", cmd_diagnose, "feature diagnostics: cosine-similarity histograms and isotropy",
-            "Positive vs negative pair cosine-similarity histograms and the isotropy score "
-            "(Mu & Viswanath, 2018) of a cached feature set, as in the CLCE paper's Figs. 3-4 and Table 5.")
+
+def _add_diagnose(sub) -> None:
+    p = _add_command(
+        sub, "diagnose", cmd_diagnose, "feature diagnostics: cosine-similarity histograms and isotropy",
+        "Positive vs negative pair cosine-similarity histograms and the isotropy score "
+        "(Mu & Viswanath, 2018) of a cached feature set, as in the CLCE paper's Figs. 3-4 and Table 5.")
     _add_model_flags(p)
     _add_data_flags(p, many=False)
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split whose features to diagnose")
@@ -1060,22 +1114,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the pair subsample and, with --checkpoint none, of the initialisation (as in eval)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures")
 
-    p = add("convert", cmd_convert, "re-save a checkpoint the safe loader refuses as a plain state dict "
-            "(needs --trust-source)",
-            "Unpickle SRC with weights_only=False -- which runs any code the file names, so only for a\n"
-            "file from a source you trust -- take its state dict (a whole pickled nn.Module such as the\n"
-            "original ProtoNet's best_model.pt, or a module or state dict nested in a dict) and write DST\n"
-            "as a plain {name: tensor} file, which every other command loads with weights_only=True.\n"
-            "Key names are kept (prefixes are stripped at load time). DST ending in .safetensors is\n"
-            "written with safetensors, anything else with torch.save; DST appears complete or not at all.\n\n"
-            "example:\n"
-            "  fewshot-bench convert best_model.pt --out protonet-conv4.safetensors --trust-source\n"
-            "  fewshot-bench eval --checkpoint protonet-conv4.safetensors --arch conv4 ...")
+
+def _add_convert(sub) -> None:
+    p = _add_command(
+        sub, "convert", cmd_convert, "re-save a checkpoint the safe loader refuses as a plain state dict "
+        "(needs --trust-source)",
+        "Unpickle SRC with weights_only=False -- which runs any code the file names, so only for a\n"
+        "file from a source you trust -- take its state dict (a whole pickled nn.Module such as the\n"
+        "original ProtoNet's best_model.pt, or a module or state dict nested in a dict) and write DST\n"
+        "as a plain {name: tensor} file, which every other command loads with weights_only=True.\n"
+        "Key names are kept (prefixes are stripped at load time). DST ending in .safetensors is\n"
+        "written with safetensors, anything else with torch.save; DST appears complete or not at all.\n\n"
+        "example:\n"
+        "  fewshot-bench convert best_model.pt --out protonet-conv4.safetensors --trust-source\n"
+        "  fewshot-bench eval --checkpoint protonet-conv4.safetensors --arch conv4 ...")
     p.add_argument("src", metavar="SRC", help="the checkpoint to convert")
     p.add_argument("--out", required=True, metavar="DST", help="the plain state dict to write (.pt or .safetensors)")
     p.add_argument("--trust-source", action="store_true",
                    help="confirm that SRC comes from a source you trust: unpickling it can run arbitrary code")
-    return parser
+
+
+# the order of `fewshot-bench --help`
+_COMMANDS = (_add_demo, _add_eval, _add_datasets, _add_episodes, _add_extract, _add_finetune, _add_reproduce,
+             _add_sweep, _add_prepare, _add_listings, _add_compare, _add_table, _add_plot, _add_diagnose,
+             _add_convert)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,23 +89,46 @@ def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, wa
     NQ = query_rows.shape[1]
     if NK % ways or NQ % ways:
         raise MethodError(f"episodes have {NK} support and {NQ} query rows, not multiples of {ways} ways")
-    K, Q = NK // ways, NQ // ways
-    dim = features.shape[1]
     device = torch.device(device) if device is not None else torch.device("cpu")
     if batch_episodes is None:
         budget = _INVARIANT_BATCH_BYTES if getattr(method, "batch_invariant", False) else _BATCH_BYTES
-        batch_episodes = episode_batch_size(NK + NQ, dim, budget=budget)
+        batch_episodes = episode_batch_size(NK + NQ, features.shape[1], budget=budget)
     batch_episodes = max(1, min(int(batch_episodes), E))
-    s_labels = torch.arange(ways, device=device).repeat_interleave(K)
-    q_labels = torch.arange(ways, device=device).repeat_interleave(Q)
+    s_labels = torch.arange(ways, device=device).repeat_interleave(NK // ways)
+    q_labels = torch.arange(ways, device=device).repeat_interleave(NQ // ways)
+    out = np.empty(E, dtype=np.float64)
+    bar = tqdm(total=E, desc=desc, unit="ep", disable=not progress, leave=False)
+    for start, support, query in _episode_batches(features, support_rows, query_rows, batch_episodes, device):
+        B = support.shape[0]
+        scores = method.scores(support, s_labels.expand(B, NK), query)
+        if tuple(scores.shape) != (B, NQ, ways):
+            raise MethodError(f"method {getattr(method, 'name', method)!r} returned scores of shape "
+                              f"{tuple(scores.shape)}, expected {(B, NQ, ways)} (episodes, queries, ways)")
+        correct = (scores.argmax(dim=-1) == q_labels).sum(dim=1)
+        out[start:start + B] = correct.cpu().numpy().astype(np.float64) / NQ
+        bar.update(B)
+    bar.close()
+    return out
+
+
+def _episode_batches(features, support_rows: np.ndarray, query_rows: np.ndarray, batch_episodes: int,
+                     device: torch.device):
+    """``(start, support (B, N*K, D), query (B, N*Q, D))`` per batch of ``batch_episodes`` episodes,
+    float32 on ``device``, exactly ``features[rows]``.
+
+    Rows are gathered with ``torch.index_select`` into two buffers reused across batches (so a
+    batch's tensors may be overwritten by the next one), or by numpy indexing where torch
+    cannot view ``features`` (:func:`_feature_source`).
+    """
+    E, NK = support_rows.shape
+    NQ = query_rows.shape[1]
+    dim = features.shape[1]
     src = _feature_source(features, device)
     if src is not None:
         s_all = torch.as_tensor(support_rows, dtype=torch.int64).to(src.device)
         q_all = torch.as_tensor(query_rows, dtype=torch.int64).to(src.device)
         s_buf = torch.empty(batch_episodes * NK, dim, dtype=src.dtype, device=src.device)
         q_buf = torch.empty(batch_episodes * NQ, dim, dtype=src.dtype, device=src.device)
-    out = np.empty(E, dtype=np.float64)
-    bar = tqdm(total=E, desc=desc, unit="ep", disable=not progress, leave=False)
     for start in range(0, E, batch_episodes):
         stop = min(start + batch_episodes, E)
         B = stop - start
@@ -117,16 +140,7 @@ def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, wa
         else:
             support = torch.from_numpy(np.ascontiguousarray(features[support_rows[start:stop]], np.float32))
             query = torch.from_numpy(np.ascontiguousarray(features[query_rows[start:stop]], np.float32))
-        support, query = support.to(device, torch.float32), query.to(device, torch.float32)
-        scores = method.scores(support, s_labels.expand(B, NK), query)
-        if tuple(scores.shape) != (B, NQ, ways):
-            raise MethodError(f"method {getattr(method, 'name', method)!r} returned scores of shape "
-                              f"{tuple(scores.shape)}, expected {(B, NQ, ways)} (episodes, queries, ways)")
-        correct = (scores.argmax(dim=-1) == q_labels).sum(dim=1)
-        out[start:stop] = correct.cpu().numpy().astype(np.float64) / NQ
-        bar.update(B)
-    bar.close()
-    return out
+        yield start, support.to(device, torch.float32), query.to(device, torch.float32)
 
 
 def evaluate_episodes(features, episodes: EpisodeSet, split, method: Any, **kw) -> np.ndarray:

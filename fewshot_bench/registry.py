@@ -110,9 +110,6 @@ class Registry(Generic[T]):
         return sorted(self._items.items())
 
 
-Factory = Callable[..., Any]
-
-
 # -- hyper-parameters of registered classes (scikit-learn style: ``__init__`` keywords) -----------
 def init_param_names(cls: type) -> list[str]:
     """Names of the keyword parameters of ``cls.__init__`` (its hyper-parameters), in order."""

@@ -880,6 +880,17 @@ def compare(
             raise ConfigError(f"alpha={a}: must lie strictly between 0 and 1, e.g. 0.05")
     if aggregate not in AGGREGATES:
         raise ConfigError(f"--aggregate {aggregate}: unknown rule; use one of: {', '.join(AGGREGATES)}")
+    all_runs, base_run, pairs = _row_pairs(runs, baseline, labels)
+    rows, skipped = _compare_pairs(pairs, level)
+    df = _tested_frame(rows, alphas)
+    df.attrs.update({"alpha": list(alphas), "level": level, "baseline": None if base_run is None else str(base_run.path),
+                     "aggregate": aggregate, "protocol": protocol_text(runs_frame(all_runs)), "skipped": skipped})
+    return df
+
+
+def _row_pairs(runs: Sequence[Run | str | os.PathLike], baseline: Run | str | os.PathLike | None,
+               labels: Mapping[str, str] | None) -> tuple[list[Run], Run | None, list[tuple[SeedGroup, SeedGroup]]]:
+    """The runs of :func:`compare` (``baseline`` added), the baseline run, and the row pairs to compare."""
     all_runs = _unique_runs(runs)
     base_run = _as_run(baseline) if baseline is not None else None
     if base_run is not None and all(r.path.resolve() != base_run.path.resolve() for r in all_runs):
@@ -893,14 +904,16 @@ def compare(
             f"{groups[0].label!r} (fine-tuning seeds {', '.join(str(s) for s in sorted(set(groups[0].seeds)))}); "
             "pass another configuration, or tell the runs apart with --label"
         )
-    if base_run is not None:
-        bp = base_run.path.resolve()
-        base_group = next(g for g in groups if any(r.path.resolve() == bp for r in g.runs))
-        base_run = next(r for r in base_group.runs if r.path.resolve() == bp)
-        pairs = [(g, base_group) for g in groups if g is not base_group]
-    else:
-        pairs = list(itertools.combinations(groups, 2))
+    if base_run is None:
+        return all_runs, None, list(itertools.combinations(groups, 2))
+    bp = base_run.path.resolve()
+    base_group = next(g for g in groups if any(r.path.resolve() == bp for r in g.runs))
+    base_run = next(r for r in base_group.runs if r.path.resolve() == bp)
+    return all_runs, base_run, [(g, base_group) for g in groups if g is not base_group]
 
+
+def _compare_pairs(pairs: Sequence[tuple[SeedGroup, SeedGroup]], level: float) -> tuple[list[dict], list[dict]]:
+    """The rows of :func:`compare` (every shared key, seed pair by seed pair) and the skipped comparisons."""
     rows: list[dict] = []
     skipped: list[dict] = []
     for ga, gb in pairs:
@@ -916,6 +929,11 @@ def compare(
             if skip is not None:
                 skipped.append(skip)
             rows += [_compare_row(ga, gb, ra, rb, key, level) for ra, rb in seed_run_pairs]
+    return rows, skipped
+
+
+def _tested_frame(rows: list[dict], alphas: Sequence[float]) -> pd.DataFrame:
+    """The rows as a frame with the Holm-adjusted p-values (over every row) and a verdict per alpha."""
     df = pd.DataFrame(rows, columns=list(_COMPARE_COLUMNS))
     for col in ("seed_a", "seed_b"):
         df[col] = pd.Series([r[col] for r in rows], dtype=object)
@@ -923,8 +941,6 @@ def compare(
     df["p_wilcoxon_holm"] = stats.holm(df["p_wilcoxon"].to_numpy())
     for a in alphas:
         df[f"verdict_{a:g}"] = [_verdict(d, p, a) for d, p in zip(df["diff"], df["p_t_holm"], strict=True)]
-    df.attrs.update({"alpha": list(alphas), "level": level, "baseline": None if base_run is None else str(base_run.path),
-                     "aggregate": aggregate, "protocol": protocol_text(runs_frame(all_runs)), "skipped": skipped})
     return df
 
 
@@ -1060,9 +1076,18 @@ def format_compare(df: pd.DataFrame) -> str:
     skipped = "".join(f"\nskipped: {s['message']}" for s in df.attrs.get("skipped", []))
     if df.empty:
         return "(no comparisons: nothing was evaluated on identical episodes)" + skipped
-    verdicts = [c for c in df.columns if c.startswith("verdict_")]
     summary = seed_summary(df)
     several = bool((summary["n_pairs"] > 1).any())
+    text = _compare_rows_text(df, several)
+    if several:
+        text += _seed_pairs_text(summary)
+    protocol = df.attrs.get("protocol")
+    return text + (f"\nprotocol: {protocol}" if protocol else "") + skipped
+
+
+def _compare_rows_text(df: pd.DataFrame, several: bool) -> str:
+    """:func:`format_compare`'s first table: one line per row of ``df`` (a ``seed`` column when ``several``)."""
+    verdicts = [c for c in df.columns if c.startswith("verdict_")]
     out = pd.DataFrame({
         "a": df["a"],
         "b": df["b"],
@@ -1088,33 +1113,34 @@ def format_compare(df: pd.DataFrame) -> str:
         f"a-b: mean paired difference ± half-width of its {100 * level:g}% t-interval, in percentage points; "
         "p-values Holm-adjusted over all rows; verdict from the adjusted paired t-test."
     )
-    text = out.to_string(index=False) + "\n" + note
-    if several:
-        how = summary.attrs.get("aggregate", "median")
-        s = pd.DataFrame({
-            "a": summary["a"],
-            "b": summary["b"],
-            "dataset": [dataset_display_name(d) for d in summary["dataset"]],
-            "shots": summary["shots"].astype(str) + "-shot",
-            "method": summary["method"],
-            "seeds": summary["seeds"],
-            f"a-b (pp) {how} [min, max]": [
-                f"{pct(d, signed=True)} [{pct(lo, signed=True)}, {pct(hi, signed=True)}]"
-                for d, lo, hi in zip(summary["diff"], summary["diff_min"], summary["diff_max"], strict=True)],
-            **{f"α={c.removeprefix('verdict_')}": [
-                f"{v} ({nb}↑ {nw}↓ of {n})" for v, nb, nw, n in zip(
-                    summary[c], summary[f"n_better_{c.removeprefix('verdict_')}"],
-                    summary[f"n_worse_{c.removeprefix('verdict_')}"], summary["n_pairs"], strict=True)]
-               for c in verdicts},
-        })
-        text += (
-            "\n\nseed pairs (seed s of a against seed s of b, same episodes):\n" + s.to_string(index=False) + "\n"
-            f"a-b: {how} over the seed pairs of the per-pair mean differences, with their range; verdict: better/"
-            "worse when every seed pair is significant in that direction (Holm-adjusted t-test above), mixed when "
-            "only some are, n.s. when none is; ↑/↓ count the pairs significant for a / for b."
-        )
-    protocol = df.attrs.get("protocol")
-    return text + (f"\nprotocol: {protocol}" if protocol else "") + skipped
+    return out.to_string(index=False) + "\n" + note
+
+
+def _seed_pairs_text(summary: pd.DataFrame) -> str:
+    """:func:`format_compare`'s second table: the seed pairs of each row pair summed up (:func:`seed_summary`)."""
+    how = summary.attrs.get("aggregate", "median")
+    alphas = [c.removeprefix("verdict_") for c in summary.columns if c.startswith("verdict_")]
+    s = pd.DataFrame({
+        "a": summary["a"],
+        "b": summary["b"],
+        "dataset": [dataset_display_name(d) for d in summary["dataset"]],
+        "shots": summary["shots"].astype(str) + "-shot",
+        "method": summary["method"],
+        "seeds": summary["seeds"],
+        f"a-b (pp) {how} [min, max]": [
+            f"{pct(d, signed=True)} [{pct(lo, signed=True)}, {pct(hi, signed=True)}]"
+            for d, lo, hi in zip(summary["diff"], summary["diff_min"], summary["diff_max"], strict=True)],
+        **{f"α={a}": [f"{v} ({nb}↑ {nw}↓ of {n})" for v, nb, nw, n in zip(
+            summary[f"verdict_{a}"], summary[f"n_better_{a}"], summary[f"n_worse_{a}"], summary["n_pairs"],
+            strict=True)]
+           for a in alphas},
+    })
+    return (
+        "\n\nseed pairs (seed s of a against seed s of b, same episodes):\n" + s.to_string(index=False) + "\n"
+        f"a-b: {how} over the seed pairs of the per-pair mean differences, with their range; verdict: better/"
+        "worse when every seed pair is significant in that direction (Holm-adjusted t-test above), mixed when "
+        "only some are, n.s. when none is; ↑/↓ count the pairs significant for a / for b."
+    )
 
 
 def _fmt_p(p: float) -> str:
@@ -1508,18 +1534,9 @@ def _table(runs: Sequence[Run | str | os.PathLike], baseline: Run | str | os.Pat
     if aggregate not in AGGREGATES:
         raise ConfigError(f"--aggregate {aggregate}: unknown rule; use one of: {', '.join(AGGREGATES)}")
     lit = _literature(with_literature)
-    run_list = _unique_runs(runs)
-    base_run = _as_run(baseline) if baseline is not None else None
-    if base_run is not None:
-        bp = base_run.path.resolve()
-        match = [r for r in run_list if r.path.resolve() == bp]
-        if match:
-            base_run = match[0]
-        else:
-            run_list.append(base_run)
+    run_list, base_run = _runs_with_baseline(runs, baseline)
     row_labels, ds_names, method_names = _split_labels(run_list, labels)
     groups = seed_groups(run_list, row_labels)
-    by_label = {g.label: g for g in groups}
     base_group = None
     if base_run is not None:
         base_group = next(g for g in groups if any(r is base_run for r in g.runs))
@@ -1530,19 +1547,7 @@ def _table(runs: Sequence[Run | str | os.PathLike], baseline: Run | str | os.Pat
         r = tidy[dup].iloc[0]
         raise ConfigError(f"two results fall in one table cell ({r['row']}, {r['col_dataset']} {r['col_shots']}); "
                           "give the runs distinct --label values")
-    skipped: list[dict] = []
-    n_tests = 0
-    if base_group is not None:
-        sig, skipped, n_tests = _vs_baseline(tidy, by_label, base_group)
-        tidy = tidy.join(sig)
-    else:
-        tidy = tidy.assign(significance=None, p_t=None, p_t_holm=None, diff_vs_baseline=None)
-    tidy["dagger"] = tidy["significance"] == "better"
-    tidy["mean_pct"] = [float(pct(m)) for m in tidy["mean"]]  # bold: the best mean as printed
-    tidy["best"] = tidy["mean_pct"] == tidy.groupby(["col_dataset", "col_shots"])["mean_pct"].transform("max")
-    tidy["reported"] = False
-    tidy["source"] = None
-    tidy["note"] = ""
+    tidy, skipped, n_tests = _mark_cells(tidy, {g.label: g for g in groups}, base_group)
     shown = tidy.assign(method=[method_names.get(m, m) for m in tidy["method"]],
                         dataset=[ds_names.get(dataset_display_name(d), d) for d in tidy["dataset"]])
     protocol = protocol_text(shown)
@@ -1554,16 +1559,56 @@ def _table(runs: Sequence[Run | str | os.PathLike], baseline: Run | str | os.Pat
         col_order += [(d, s) for s in dict.fromkeys(ordered[ordered["col_dataset"] == d]["col_shots"])]
     lit_rows: list[str] = []
     if lit is not None:
-        extra = _literature_rows(lit, tidy)
-        extra["mean_pct"] = [float(pct(m)) for m in extra["mean"]]
-        extra["best"] = False
-        extra["significance"] = None
-        lit_rows = [r for r in dict.fromkeys(extra["row"]) if r not in rows]
-        tidy = pd.concat([tidy, extra], ignore_index=True)
+        tidy, lit_rows = _with_literature_rows(lit, tidy, rows)
         rows += lit_rows
     return _Table(tidy=tidy, rows=rows, col_order=col_order, lit=lit, lit_rows=lit_rows, base=base_group,
                   several_seeds=any(len(g.runs) > 1 for g in groups), n_tests=n_tests, skipped=skipped,
                   caption=caption, protocol=protocol, seed_rule=seed_rule, aggregate=aggregate, label=label)
+
+
+def _runs_with_baseline(runs: Sequence[Run | str | os.PathLike],
+                        baseline: Run | str | os.PathLike | None) -> tuple[list[Run], Run | None]:
+    """The table's runs (``baseline`` added when not among them) and the baseline's :class:`Run` among them."""
+    run_list = _unique_runs(runs)
+    base_run = _as_run(baseline) if baseline is not None else None
+    if base_run is not None:
+        bp = base_run.path.resolve()
+        match = [r for r in run_list if r.path.resolve() == bp]
+        if match:
+            base_run = match[0]
+        else:
+            run_list.append(base_run)
+    return run_list, base_run
+
+
+def _mark_cells(tidy: pd.DataFrame, groups: Mapping[str, SeedGroup],
+                base_group: SeedGroup | None) -> tuple[pd.DataFrame, list[dict], int]:
+    """Add the tests against the baseline (:func:`_vs_baseline`), the dagger and the bold marks;
+    return the frame, the untested cells and the number of tests."""
+    skipped: list[dict] = []
+    n_tests = 0
+    if base_group is not None:
+        sig, skipped, n_tests = _vs_baseline(tidy, groups, base_group)
+        tidy = tidy.join(sig)
+    else:
+        tidy = tidy.assign(significance=None, p_t=None, p_t_holm=None, diff_vs_baseline=None)
+    tidy["dagger"] = tidy["significance"] == "better"
+    tidy["mean_pct"] = [float(pct(m)) for m in tidy["mean"]]  # bold: the best mean as printed
+    tidy["best"] = tidy["mean_pct"] == tidy.groupby(["col_dataset", "col_shots"])["mean_pct"].transform("max")
+    tidy["reported"] = False
+    tidy["source"] = None
+    tidy["note"] = ""
+    return tidy, skipped, n_tests
+
+
+def _with_literature_rows(lit: Literature, tidy: pd.DataFrame, rows: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``tidy`` with the published rows that fall in its columns appended; the new row labels."""
+    extra = _literature_rows(lit, tidy)
+    extra["mean_pct"] = [float(pct(m)) for m in extra["mean"]]
+    extra["best"] = False
+    extra["significance"] = None
+    lit_rows = [r for r in dict.fromkeys(extra["row"]) if r not in rows]
+    return pd.concat([tidy, extra], ignore_index=True), lit_rows
 
 
 def make_tables(

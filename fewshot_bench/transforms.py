@@ -239,8 +239,7 @@ def train_augment(
     x = to_uint8_tensor(images)
     if pad < 0:
         raise ConfigError(f"pad must be >= 0, got {pad}")
-    b, h, w, _ = x.shape
-    dev = x.device
+    b, dev = x.shape[0], x.device
     offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator)
     flips = torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
     j = (float(jitter),) * 3 if isinstance(jitter, (int, float)) else tuple(float(v) for v in jitter)
@@ -248,24 +247,34 @@ def train_augment(
         raise ConfigError(f"jitter must be one or three non-negative numbers, got {jitter!r}")
     factors = 1.0 + (torch.rand(b, 3, generator=generator) * 2.0 - 1.0) * torch.tensor(j)
     offsets, flips, factors = offsets.to(dev), flips.to(dev), factors.to(dev)
+    x = _crop_flip(x, offsets, flips, pad)
+    if any(j):
+        x = _color_jitter(x, factors)
+    return x.contiguous()
 
-    # Crop + flip as one gather from the padded batch: rows (B, H), cols (B, W).
+
+def _crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
+    """Crop + flip as one gather from the zero-padded batch ``x (B, H, W, 3)``: rows (B, H), cols (B, W);
+    ``offsets (B, 2)`` are the crop's top-left corners in the padded images, ``flips (B,)`` bool."""
+    b, h, w, _ = x.shape
+    dev = x.device
     if pad:
         x = F.pad(x.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1)
     ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
     rows = offsets[:, :1] + ar_h
     cols = offsets[:, 1:] + torch.where(flips[:, None], (w - 1) - ar_w, ar_w)
-    x = x[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return x[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
-    if any(j):
-        y = x.to(torch.float32) / 255.0
-        gray_w = torch.tensor(_GRAY, device=dev)
-        y = (y * factors[:, 0, None, None, None]).clamp_(0, 1)  # brightness
-        mean = (y @ gray_w).mean(dim=(1, 2))[:, None, None, None]
-        c = factors[:, 1, None, None, None]
-        y = (c * y + (1 - c) * mean).clamp_(0, 1)  # contrast
-        gray = (y @ gray_w)[..., None]
-        s = factors[:, 2, None, None, None]
-        y = (s * y + (1 - s) * gray).clamp_(0, 1)  # saturation
-        x = (y * 255.0).round_().to(torch.uint8)
-    return x.contiguous()
+
+def _color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast, saturation of uint8 ``x (B, H, W, 3)`` by ``factors (B, 3)``, in that order."""
+    y = x.to(torch.float32) / 255.0
+    gray_w = torch.tensor(_GRAY, device=x.device)
+    y = (y * factors[:, 0, None, None, None]).clamp_(0, 1)  # brightness
+    mean = (y @ gray_w).mean(dim=(1, 2))[:, None, None, None]
+    c = factors[:, 1, None, None, None]
+    y = (c * y + (1 - c) * mean).clamp_(0, 1)  # contrast
+    gray = (y @ gray_w)[..., None]
+    s = factors[:, 2, None, None, None]
+    y = (s * y + (1 - s) * gray).clamp_(0, 1)  # saturation
+    return (y * 255.0).round_().to(torch.uint8)

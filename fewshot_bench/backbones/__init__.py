@@ -96,15 +96,12 @@ def _lookup(arch: str) -> Any:
     except UnknownNameError as exc:
         msg = str(exc)
     if ":" not in arch:
-        try:
-            import timm
+        import timm
 
-            if timm.is_model(arch):
-                raise UnknownNameError(
-                    f"unknown architecture {arch!r} (--arch); did you mean: {TIMM_PREFIX}{arch}?"
-                ) from None
-        except ImportError:  # pragma: no cover - timm is a dependency
-            pass
+        if timm.is_model(arch):
+            raise UnknownNameError(
+                f"unknown architecture {arch!r} (--arch); did you mean: {TIMM_PREFIX}{arch}?"
+            ) from None
     raise UnknownNameError(f"{msg} (any timm model: --arch {TIMM_PREFIX}<name>)") from None
 
 

@@ -412,17 +412,33 @@ def decode_images(
 def _progress(it: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterable[Any]:
     if not enabled or total == 0:
         return it
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return it
+    from tqdm import tqdm
+
     return tqdm(it, total=total, desc=desc, unit="img", leave=False)
 
 
 # ------------------------------------------------------------------- validation, order, fingerprint
 def _validate(raw: RawSplit, info: DatasetInfo, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Check a reader's output; return (images, labels into sorted present names, sorted names)."""
-    images, file = raw.images, raw.file
+    images = _check_images(raw, info, split)
+    labels = _check_labels(raw, info, split, len(images))
+    file = raw.labels_file or raw.file
+    names = list(raw.class_names)
+    present = np.unique(labels)
+    present_names = [str(names[i]) for i in present]
+    if len(set(present_names)) != len(present_names):
+        raise DataError(f"{file}: two labels share one class name; check the file's class names")
+    sorted_names = tuple(sorted(present_names))
+    _check_classes(raw, info, split, sorted_names)
+    rank = {n: i for i, n in enumerate(sorted_names)}
+    lut = np.full(len(names), -1, dtype=np.int64)
+    for i in present:
+        lut[i] = rank[str(names[i])]
+    return images, lut[labels], sorted_names
+
+
+def _check_images(raw: RawSplit, info: DatasetInfo, split: str) -> np.ndarray:
+    images = raw.images
     if (
         not isinstance(images, np.ndarray)
         or images.dtype != np.uint8
@@ -432,9 +448,14 @@ def _validate(raw: RawSplit, info: DatasetInfo, split: str) -> tuple[np.ndarray,
         shape = getattr(images, "shape", None)
         dtype = getattr(images, "dtype", type(images).__name__)
         raise DataError(
-            f"{file}: images have shape {shape} and dtype {dtype}; expected uint8 (N, H, W, 3) RGB "
+            f"{raw.file}: images have shape {shape} and dtype {dtype}; expected uint8 (N, H, W, 3) RGB "
             f"— check this is a {info.display} {split} file"
         )
+    return images
+
+
+def _check_labels(raw: RawSplit, info: DatasetInfo, split: str, n_images: int) -> np.ndarray:
+    """``raw.labels`` as a 1-D integer array, one per image, each a class of ``raw.class_names``."""
     file = raw.labels_file or raw.file
     try:
         labels = np.asarray(raw.labels)
@@ -445,26 +466,27 @@ def _validate(raw: RawSplit, info: DatasetInfo, split: str) -> tuple[np.ndarray,
             f"{file}: labels have shape {labels.shape} and dtype {labels.dtype}; expected one integer "
             f"per image — check this is a {info.display} {split} file"
         )
-    if len(labels) != len(images):
+    if len(labels) != n_images:
         raise DataError(
-            f"{file}: {len(labels)} labels for {len(images)} images; the file is corrupt or "
+            f"{file}: {len(labels)} labels for {n_images} images; the file is corrupt or "
             "incomplete — download it again"
         )
-    if len(images) == 0:
+    if n_images == 0:
         raise DataError(f"{file}: holds no images; download it again")
-    names = list(raw.class_names)
-    bad = labels[(labels < 0) | (labels >= len(names))]
+    n_names = len(raw.class_names)
+    bad = labels[(labels < 0) | (labels >= n_names)]
     if bad.size:
         raise DataError(
-            f"{file}: label value {int(bad[0])} is not one of the {len(names)} known classes "
-            f"(0..{len(names) - 1}); check this is a {info.display} {split} file"
+            f"{file}: label value {int(bad[0])} is not one of the {n_names} known classes "
+            f"(0..{n_names - 1}); check this is a {info.display} {split} file"
         )
-    present = np.unique(labels)
-    present_names = [str(names[i]) for i in present]
-    if len(set(present_names)) != len(present_names):
-        raise DataError(f"{file}: two labels share one class name; check the file's class names")
-    sorted_names = tuple(sorted(present_names))
+    return labels
+
+
+def _check_classes(raw: RawSplit, info: DatasetInfo, split: str, sorted_names: tuple[str, ...]) -> None:
+    """Compare the classes found with the split table: their names (``raw.check == "names"``) or number."""
     expected = info.expected_classes(split) if raw.check else None
+    file = raw.labels_file or raw.file
     if expected is not None and raw.check == "names" and sorted_names != expected:
         extra = sorted(set(sorted_names) - set(expected))
         missing = sorted(set(expected) - set(sorted_names))
@@ -478,11 +500,6 @@ def _validate(raw: RawSplit, info: DatasetInfo, split: str) -> tuple[np.ndarray,
             f"{file}: {len(sorted_names)} classes, but the {info.display} {split} split has "
             f"{len(expected)}; check that this is the {split} file of {info.display}"
         )
-    rank = {n: i for i, n in enumerate(sorted_names)}
-    lut = np.full(len(names), -1, dtype=np.int64)
-    for i in present:
-        lut[i] = rank[str(names[i])]
-    return images, lut[labels], sorted_names
 
 
 def _few(items: Sequence[str], n: int = 5) -> str:

@@ -61,6 +61,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,7 @@ def finetune_seeds(split: Any, arch: str, *, seeds: Sequence[int], out: str | Pa
     ]
 
 
+# long: the public entry point; its signature and docstring document 40 parameters, the body is 20 lines
 def finetune(
     split: Any,
     arch: str,
@@ -298,30 +300,28 @@ def finetune(
     embeddings of all ranks (:mod:`fewshot_bench.distributed`). Validation runs on rank 0.
     """
     loss_fn = _build_loss(loss, loss_params, lam=lam, temperature=temperature, beta=beta)
-    cfg = _validate(
-        split,
-        arch,
-        loss_fn=loss_fn,
-        contrast_on=contrast_on,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        warmup_epochs=warmup_epochs,
-        seed=seed,
-        embed_dim=embed_dim,
-        out=out,
-        augment=augment,
-        flip=flip,
-        val_split=val_split,
-        val_every=val_every,
-        keep=keep,
-    )
+    cfg = _validate(split, arch, loss_fn=loss_fn, contrast_on=contrast_on, epochs=epochs, batch_size=batch_size,
+                    lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+                    warmup_epochs=warmup_epochs, seed=seed, embed_dim=embed_dim, out=out, augment=augment,
+                    flip=flip, val_split=val_split, val_every=val_every, keep=keep)
     cfg.update(loss=str(loss).strip(), loss_name=loss_fn.name or str(loss).strip(), loss_params=loss_fn.params,
                arch_kwargs={k: v for k, v in (arch_kwargs or {}).items() if v is not None})
     out = Path(out)
+    info, dev, use_amp = _runtime(cfg, device, amp, batch_size)
+    val = _prepare_val(cfg, val_split, ways=val_ways, shots=val_shots, queries=val_queries, episodes=val_episodes)
+    fork_devices = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    )
+    with torch.random.fork_rng(devices=fork_devices), _deterministic(dev.type == "cpu"):
+        torch.manual_seed(seed)
+        net, tf = _build_net(split, arch, loss_fn, cfg, dev, backbone=backbone, arch_kwargs=arch_kwargs,
+                             transform=transform, image_size=image_size, pretrained=pretrained,
+                             embed_dim=embed_dim, log_file=log_file, out=out, world_size=info.world_size)
+        return _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progress, log, val)
+
+
+def _runtime(cfg: dict, device: Any, amp: bool | None, batch_size: Any) -> tuple[D.DistInfo, torch.device, bool]:
+    """The process group (initialised from the environment), the device and whether autocast is on."""
     info = D.init_from_env()
     dev = D.resolve_device(device, info)
     use_amp = dev.type == "cuda" if amp is None else bool(amp)
@@ -332,45 +332,54 @@ def finetune(
             f"--batch-size {batch_size} is not divisible by the {info.world_size} processes; "
             f"use a multiple of {info.world_size} (it is the global batch)"
         )
+    return info, dev, use_amp
+
+
+def _prepare_val(cfg: dict, val_split: Any, *, ways: int, shots: int, queries: int, episodes: int):
+    """The fixed val episodes (``None`` without ``val_every``); records their description as ``val_spec``."""
     val = None
     if cfg["val_every"]:
         from .validate import prepare_val
 
-        val = prepare_val(val_split, ways=val_ways, shots=val_shots, queries=val_queries, n_episodes=val_episodes)
+        val = prepare_val(val_split, ways=ways, shots=shots, queries=queries, n_episodes=episodes)
     cfg["val_spec"] = val.describe() if val is not None else None
+    return val
 
-    fork_devices = (
-        [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+
+def _build_net(split, arch, loss_fn: TrainingLoss, cfg: dict, dev: torch.device, *, backbone, arch_kwargs,
+               transform, image_size, pretrained, embed_dim, log_file, out: Path, world_size: int):
+    """The input transform and the :class:`TrainNet` (backbone, pretrained weights, heads) on ``dev``.
+
+    Records the input protocol, the pretrained weights and the log path in ``cfg``. Draws from
+    the global RNG (the caller has seeded it): backbone, head, projection, in that order.
+    """
+    tf, side, backbone = _input_and_backbone(split, arch, arch_kwargs, backbone, transform, image_size,
+                                             pretrained)
+    pre_info = None
+    if pretrained is not None:
+        from .pretrained import load_pretrained
+
+        pre_info = load_pretrained(backbone, pretrained)
+    cfg.update(
+        transform=str(getattr(tf, "name", type(tf).__name__)),
+        transform_key=str(getattr(tf, "key", getattr(tf, "name", type(tf).__name__))),
+        image_size=side,
+        world_size=world_size,
+        pretrained=pre_info,
+        pretrained_sha256=pre_info["sha256"] if pre_info else None,
+        protocol=input_protocol(tf, side, backbone),
+        log=str(Path(log_file) if log_file is not None else log_path(out)),
     )
-    with torch.random.fork_rng(devices=fork_devices), _deterministic(dev.type == "cpu"):
-        torch.manual_seed(seed)
-        tf, side, backbone = _input_and_backbone(split, arch, arch_kwargs, backbone, transform, image_size,
-                                                 pretrained)
-        pre_info = None
-        if pretrained is not None:
-            from .pretrained import load_pretrained
-
-            pre_info = load_pretrained(backbone, pretrained)
-        cfg.update(
-            transform=str(getattr(tf, "name", type(tf).__name__)),
-            transform_key=str(getattr(tf, "key", getattr(tf, "name", type(tf).__name__))),
-            image_size=side,
-            world_size=info.world_size,
-            pretrained=pre_info,
-            pretrained_sha256=pre_info["sha256"] if pre_info else None,
-            protocol=input_protocol(tf, side, backbone),
-            log=str(Path(log_file) if log_file is not None else log_path(out)),
-        )
-        net = TrainNet(
-            backbone,
-            _out_dim(backbone, tf, split),
-            cfg["n_classes"],
-            embed_dim,
-            head=loss_fn.uses_ce,
-            contrastive=loss_fn.uses_contrastive,
-            contrast_on=cfg["contrast_on"] or "encoder",
-        ).to(dev)
-        return _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progress, log, val)
+    net = TrainNet(
+        backbone,
+        _out_dim(backbone, tf, split),
+        cfg["n_classes"],
+        embed_dim,
+        head=loss_fn.uses_ce,
+        contrastive=loss_fn.uses_contrastive,
+        contrast_on=cfg["contrast_on"] or "encoder",
+    ).to(dev)
+    return net, tf
 
 
 def _input_and_backbone(split, arch, arch_kwargs, backbone, transform, image_size, pretrained):
@@ -433,141 +442,203 @@ def _out_dim(backbone: nn.Module, tf: Callable, split: Any) -> int:
 # --------------------------------------------------------------------------- training loop
 
 
-def _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progress, log, val) -> Path:
-    from tqdm import tqdm
+@dataclass
+class _Progress:
+    """Where a run stands; the resume file carries it beside the modules, optimiser and generator."""
 
-    seed = cfg["seed"]
-    n = len(split.labels)
-    steps_per_epoch = n // cfg["batch_size"]
-    total_steps = steps_per_epoch * cfg["epochs"]
-    warmup_steps = steps_per_epoch * cfg["warmup_epochs"]
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimisation steps done: the schedule's position
+    history: list = field(default_factory=list)  # mean train loss per epoch
+    records: list = field(default_factory=list)  # the log records, one per epoch
+    val_results: list = field(default_factory=list)  # {epoch, accuracy, ci95} per validation
+    best: dict | None = None  # keep="best": the best val epoch with a copy of its backbone
+
+
+@dataclass
+class _Loop:
+    """What every epoch of one run uses; fixed for the run."""
+
+    net: TrainNet
+    model: nn.Module  # net, or net wrapped in DistributedDataParallel
+    loss_fn: TrainingLoss
+    split: Any
+    tf: Callable
+    cfg: dict
+    info: D.DistInfo
+    dev: torch.device
+    autocast: tuple  # (device type, dtype, enabled) for torch.autocast
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    gen: torch.Generator  # the shuffling generator
+    total_steps: int
+    warmup_steps: int
+    views: int  # 2 for losses with a contrastive term, else 1
+    pad: int  # zero padding of the random crop
+    augment: Callable | None
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+
+def _train(net, loss_fn, split, tf, cfg, info, dev, use_amp, out, resume, progress, log, val) -> Path:
+    """The training loop: resume, one :func:`_run_epoch` per epoch (validation, state, log), the final write."""
     opt = _make_optimizer(net, cfg)
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    gen = torch.Generator().manual_seed(seed)
-    start_epoch, step, history, records, val_results, best = 0, 0, [], [], [], None
-
+    gen = torch.Generator().manual_seed(cfg["seed"])
     spath = state_path(out)
-    lpath = Path(cfg["log"])
-    if resume and spath.exists():
-        state = _load_state(spath, cfg)
-        net.backbone.load_state_dict(state["model"])
-        if net.head is not None:
-            net.head.load_state_dict(state["head"])
-        if net.projection is not None:
-            net.projection.load_state_dict(state["projection"])
-        opt.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        gen.set_state(state["generator"])
-        start_epoch, step = int(state["epoch"]), int(state["scheduler"]["step"])
-        history, records, val_results = list(state["history"]), list(state["records"]), list(state["val"])
-        best = state.get("best")
-
-    model: nn.Module = net
-    if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    images_u8 = split.images
-    pad = max(1, min(8, int(images_u8.shape[1]) // 8))
-    views = 2 if loss_fn.uses_contrastive else 1
-    augment_fn = _augment_fn(cfg["flip"]) if cfg["augment"] else None
-    params = [p for p in net.parameters() if p.requires_grad]
+    run = _resume(_load_state(spath, cfg), net, opt, scaler, gen) if resume and spath.exists() else _Progress()
+    steps_per_epoch = len(split.labels) // cfg["batch_size"]
+    loop = _Loop(
+        net=net, model=_wrap_distributed(net, info, dev), loss_fn=loss_fn, split=split, tf=tf, cfg=cfg, info=info,
+        dev=dev, autocast=(dev.type, amp_dtype, use_amp), opt=opt, scaler=scaler, gen=gen,
+        total_steps=steps_per_epoch * cfg["epochs"], warmup_steps=steps_per_epoch * cfg["warmup_epochs"],
+        views=2 if loss_fn.uses_contrastive else 1, pad=max(1, min(8, int(split.images.shape[1]) // 8)),
+        augment=_augment_fn(cfg["flip"]) if cfg["augment"] else None,
+    )
     main = info.rank == 0
     net.train()
-
-    for epoch in range(start_epoch, cfg["epochs"]):
-        torch.manual_seed(_derive(seed, 1, epoch, info.rank))
-        t0 = time.perf_counter()
-        batches = D.shard_batches(n, cfg["batch_size"], gen, info.rank, info.world_size)
-        sums = torch.zeros(4, dtype=torch.float64)  # total, ce, contrastive, grad norm
-        bar = tqdm(
-            batches,
-            desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-            unit="batch",
-            leave=False,
-            disable=not (progress and main),
-            dynamic_ncols=True,
-        )
-        lr_now = cfg["lr"]
-        for s, idx in enumerate(bar):
-            x = _batch_images(split, idx.numpy()).to(dev, non_blocking=True)
-            y = torch.from_numpy(np.asarray(split.labels[idx.numpy()], dtype=np.int64)).to(dev)
-            if augment_fn is not None:
-                g = torch.Generator().manual_seed(_derive(seed, 2, epoch, s, info.rank))
-                xs = [augment_fn(x, g, pad) for _ in range(views)]
-            else:
-                xs = [x] * views
-            lr_now = cfg["lr"] * lr_factor(step, total_steps, warmup_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            terms, grad_norm = _step(model, loss_fn, tf(torch.cat(xs)), y.repeat(views), opt, scaler, params,
-                                     info, autocast=(dev.type, amp_dtype, use_amp), where=(epoch, s, cfg["lr"]))
-            step += 1
-            sums += torch.tensor(
-                [
-                    terms.total.item(),
-                    terms.ce.item() if terms.ce is not None else math.nan,
-                    terms.contrastive.item() if terms.contrastive is not None else math.nan,
-                    grad_norm,
-                ],
-                dtype=torch.float64,
-            )
-            bar.set_postfix(loss=f"{sums[0].item() / (s + 1):.4f}", lr=f"{lr_now:.2e}")
-        bar.close()
-        means = (sums / len(batches)).tolist()
-        if info.distributed:  # average the per-rank means (CE is local, the contrastive term global)
-            t = torch.tensor(means, dtype=torch.float64, device=dev if dev.type == "cuda" else "cpu")
-            torch.distributed.all_reduce(t)
-            means = (t / info.world_size).cpu().tolist()
-        seconds = time.perf_counter() - t0
-        history.append(float(means[0]))
-        record = {
-            "epoch": epoch + 1,
-            "loss": means[0],
-            "ce": None if math.isnan(means[1]) else means[1],
-            "contrastive": None if math.isnan(means[2]) else means[2],
-            "lr": lr_now,
-            "grad_norm": means[3],
-            "images_per_s": len(batches) * cfg["batch_size"] / max(seconds, 1e-9),
-            "seconds": seconds,
-        }
+    for epoch in range(run.epoch, cfg["epochs"]):
+        record = _run_epoch(loop, run, epoch, progress=progress and main)
         if main and val is not None and ((epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]):
-            from .validate import val_accuracy
-
-            t1 = time.perf_counter()
-            acc, ci95 = val_accuracy(net.backbone, tf, val, dev, autocast_dtype=amp_dtype if use_amp else None)
-            record.update(val_accuracy=acc, val_ci95=ci95, val_seconds=time.perf_counter() - t1)
-            val_results.append({"epoch": epoch + 1, "accuracy": acc, "ci95": ci95})
-            if cfg["keep"] == "best" and (best is None or acc > best["accuracy"]):
-                best = {
-                    "epoch": epoch + 1,
-                    "accuracy": acc,
-                    "ci95": ci95,
-                    "model": {k: v.detach().to("cpu", copy=True) for k, v in net.backbone.state_dict().items()},
-                }
-        records.append(record)
+            _validate_epoch(loop, run, val, epoch, record)
+        run.records.append(record)
+        run.epoch = epoch + 1
         if main:
-            _save_state(spath, net, opt, scaler, gen, cfg, epoch + 1, step, total_steps, warmup_steps,
-                        history, records, val_results, best)
-            write_log(lpath, records)
+            _save_state(spath, loop, run)
+            write_log(Path(cfg["log"]), run.records)
             if log is not None:
-                log({**record, "epochs": cfg["epochs"], "seed": seed, "state": spath})
-
+                log({**record, "epochs": cfg["epochs"], "seed": cfg["seed"], "state": spath})
     if main:
-        if cfg["keep"] == "best":
-            if best is None:  # cannot happen: the last epoch is always validated
-                raise ConfigError("--keep best found no validated epoch; use --val-every")
-            net.backbone.load_state_dict(best["model"])
-            selected = int(best["epoch"])
-        else:
-            selected = cfg["epochs"]
-        _save_final(out, net.backbone, _metadata(cfg, loss_fn, history, val_results, selected))
+        selected = _select_backbone(loop, run)
+        _save_final(out, net.backbone, _metadata(cfg, loss_fn, run.history, run.val_results, selected))
     if info.distributed:
         torch.distributed.barrier()
     return out
+
+
+def _resume(state: dict, net, opt, scaler, gen) -> _Progress:
+    """Load a resume state (checked by :func:`_load_state`) into the modules, optimiser, scaler and generator."""
+    net.backbone.load_state_dict(state["model"])
+    if net.head is not None:
+        net.head.load_state_dict(state["head"])
+    if net.projection is not None:
+        net.projection.load_state_dict(state["projection"])
+    opt.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    gen.set_state(state["generator"])
+    return _Progress(epoch=int(state["epoch"]), step=int(state["scheduler"]["step"]), history=list(state["history"]),
+                     records=list(state["records"]), val_results=list(state["val"]), best=state.get("best"))
+
+
+def _wrap_distributed(net: nn.Module, info: D.DistInfo, dev: torch.device) -> nn.Module:
+    if not info.distributed:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _run_epoch(loop: _Loop, run: _Progress, epoch: int, *, progress: bool) -> dict:
+    """One pass over this rank's share of the shuffled batches; returns the epoch's log record."""
+    from tqdm import tqdm
+
+    cfg, info = loop.cfg, loop.info
+    torch.manual_seed(_derive(cfg["seed"], 1, epoch, info.rank))
+    t0 = time.perf_counter()
+    batches = D.shard_batches(len(loop.split.labels), cfg["batch_size"], loop.gen, info.rank, info.world_size)
+    sums = torch.zeros(4, dtype=torch.float64)  # total, ce, contrastive, grad norm
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="batch", leave=False, disable=not progress,
+               dynamic_ncols=True)
+    params = loop.params
+    lr_now = cfg["lr"]
+    for s, idx in enumerate(bar):
+        inp, yv = _step_inputs(loop, idx.numpy(), epoch, s)
+        lr_now = cfg["lr"] * lr_factor(run.step, loop.total_steps, loop.warmup_steps)
+        for group in loop.opt.param_groups:
+            group["lr"] = lr_now
+        terms, grad_norm = _step(loop.model, loop.loss_fn, inp, yv, loop.opt, loop.scaler, params, info,
+                                 autocast=loop.autocast, where=(epoch, s, cfg["lr"]))
+        run.step += 1
+        sums += torch.tensor(
+            [
+                terms.total.item(),
+                terms.ce.item() if terms.ce is not None else math.nan,
+                terms.contrastive.item() if terms.contrastive is not None else math.nan,
+                grad_norm,
+            ],
+            dtype=torch.float64,
+        )
+        bar.set_postfix(loss=f"{sums[0].item() / (s + 1):.4f}", lr=f"{lr_now:.2e}")
+    bar.close()
+    record = _epoch_record(loop, epoch, sums / len(batches), lr_now, len(batches), t0)
+    run.history.append(float(record["loss"]))
+    return record
+
+
+def _step_inputs(loop: _Loop, idx: np.ndarray, epoch: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step ``s``'s input ``tf(cat(views))`` ``(V·B, 3, S, S)`` and its labels ``(V·B,)``.
+
+    The views are successive draws of one generator seeded from ``(seed, 2, epoch, s, rank)``.
+    """
+    x = _batch_images(loop.split, idx).to(loop.dev, non_blocking=True)
+    y = torch.from_numpy(np.asarray(loop.split.labels[idx], dtype=np.int64)).to(loop.dev)
+    if loop.augment is not None:
+        g = torch.Generator().manual_seed(_derive(loop.cfg["seed"], 2, epoch, s, loop.info.rank))
+        xs = [loop.augment(x, g, loop.pad) for _ in range(loop.views)]
+    else:
+        xs = [x] * loop.views
+    return loop.tf(torch.cat(xs)), y.repeat(loop.views)
+
+
+def _epoch_record(loop: _Loop, epoch: int, means: torch.Tensor, lr: float, n_batches: int, t0: float) -> dict:
+    """The log record from this rank's per-step means (total, ce, contrastive, grad norm), averaged over ranks."""
+    means = means.tolist()
+    if loop.info.distributed:  # average the per-rank means (CE is local, the contrastive term global)
+        t = torch.tensor(means, dtype=torch.float64, device=loop.dev if loop.dev.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t)
+        means = (t / loop.info.world_size).cpu().tolist()
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch + 1,
+        "loss": means[0],
+        "ce": None if math.isnan(means[1]) else means[1],
+        "contrastive": None if math.isnan(means[2]) else means[2],
+        "lr": lr,
+        "grad_norm": means[3],
+        "images_per_s": n_batches * loop.cfg["batch_size"] / max(seconds, 1e-9),
+        "seconds": seconds,
+    }
+
+
+def _validate_epoch(loop: _Loop, run: _Progress, val, epoch: int, record: dict) -> None:
+    """ProtoNet accuracy on the fixed val episodes into ``record``; ``keep="best"`` keeps the best backbone."""
+    from .validate import val_accuracy
+
+    dev_type, amp_dtype, use_amp = loop.autocast
+    t1 = time.perf_counter()
+    acc, ci95 = val_accuracy(loop.net.backbone, loop.tf, val, loop.dev, autocast_dtype=amp_dtype if use_amp else None)
+    record.update(val_accuracy=acc, val_ci95=ci95, val_seconds=time.perf_counter() - t1)
+    run.val_results.append({"epoch": epoch + 1, "accuracy": acc, "ci95": ci95})
+    if loop.cfg["keep"] == "best" and (run.best is None or acc > run.best["accuracy"]):
+        run.best = {
+            "epoch": epoch + 1,
+            "accuracy": acc,
+            "ci95": ci95,
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in loop.net.backbone.state_dict().items()},
+        }
+
+
+def _select_backbone(loop: _Loop, run: _Progress) -> int:
+    """Load the backbone to write into ``net`` (``keep="best"``: the best val epoch's); return its epoch."""
+    if loop.cfg["keep"] != "best":
+        return loop.cfg["epochs"]
+    if run.best is None:  # cannot happen: the last epoch is always validated
+        raise ConfigError("--keep best found no validated epoch; use --val-every")
+    loop.net.backbone.load_state_dict(run.best["model"])
+    return int(run.best["epoch"])
 
 
 def _step(model, loss_fn: TrainingLoss, inp: torch.Tensor, yv: torch.Tensor, opt, scaler, params, info,
@@ -675,30 +746,30 @@ def _deterministic(enabled: bool):
 # --------------------------------------------------------------------------- files
 
 
-def _save_state(path, net, opt, scaler, gen, cfg, epoch, step, total_steps, warmup_steps, history, records,
-                val_results, best) -> None:
+def _save_state(path: Path, loop: _Loop, run: _Progress) -> None:
+    net = loop.net
     state = {
         "format": STATE_FORMAT,
         "format_version": _STATE_VERSION,
         "fewshot_bench_version": __version__,
-        "config": jsonable(cfg),  # tuples as lists: compares equal after the round trip
-        "epoch": epoch,
+        "config": jsonable(loop.cfg),  # tuples as lists: compares equal after the round trip
+        "epoch": run.epoch,
         "model": net.backbone.state_dict(),
         "head": net.head.state_dict() if net.head is not None else None,
         "projection": net.projection.state_dict() if net.projection is not None else None,
-        "optimizer": opt.state_dict(),
+        "optimizer": loop.opt.state_dict(),
         "scheduler": {
             "kind": "warmup-cosine",
-            "step": step,
-            "total_steps": total_steps,
-            "warmup_steps": warmup_steps,
+            "step": run.step,
+            "total_steps": loop.total_steps,
+            "warmup_steps": loop.warmup_steps,
         },
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "generator": gen.get_state(),
-        "history": list(history),
-        "records": [dict(r) for r in records],
-        "val": [dict(v) for v in val_results],
-        "best": best,
+        "scaler": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
+        "generator": loop.gen.get_state(),
+        "history": list(run.history),
+        "records": [dict(r) for r in run.records],
+        "val": [dict(v) for v in run.val_results],
+        "best": run.best,
     }
     with atomic_write(path, "wb") as f:
         torch.save(state, f)
@@ -740,6 +811,41 @@ def _save_final(out: Path, backbone: nn.Module, meta: dict) -> None:
 
 
 def _validate(split: Any, arch: Any, *, loss_fn: TrainingLoss, **kw: Any) -> dict:
+    """Check the settings ``kw``, ``arch``, ``out`` and the split; return the run's configuration."""
+    _check_settings(loss_fn, kw)
+    if not isinstance(arch, str) or not arch.strip():
+        raise ConfigError(f"--arch must be a non-empty name, got {arch!r}")
+    out = Path(kw["out"])
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a checkpoint file name such as {out / 'model.pt'}")
+    n_classes = _check_split(split, kw["batch_size"])
+    contrastive = loss_fn.uses_contrastive
+    return {
+        "arch": arch.strip(),
+        "contrast_on": kw["contrast_on"] if contrastive else None,
+        "optimizer": kw["optimizer"].lower(),
+        "epochs": int(kw["epochs"]),
+        "batch_size": int(kw["batch_size"]),
+        "lr": float(kw["lr"]),
+        "weight_decay": float(kw["weight_decay"]),
+        "momentum": float(kw["momentum"]),
+        "warmup_epochs": int(kw["warmup_epochs"]),
+        "seed": int(kw["seed"]),
+        "embed_dim": int(kw["embed_dim"]) if contrastive and kw["contrast_on"] == "projection" else None,
+        "augment": bool(kw["augment"]),
+        "flip": bool(kw["flip"]),
+        "dataset": str(split.dataset),
+        "split": str(split.split),
+        "data_fingerprint": str(split.fingerprint),
+        "data_image_size": int(split.images.shape[1]),  # the decoded side (image folders: --image-size)
+        "n_classes": int(n_classes),
+        "val_every": int(kw["val_every"]),
+        "keep": kw["keep"],
+    }
+
+
+def _check_settings(loss_fn: TrainingLoss, kw: dict) -> None:
+    """Check the training settings; the first one that is wrong raises, naming its flag."""
     opt = kw["optimizer"]
     if not isinstance(opt, str) or opt.lower() not in OPTIMIZERS:
         hint = close_matches(str(opt), list(OPTIMIZERS))
@@ -778,12 +884,10 @@ def _validate(split: Any, arch: Any, *, loss_fn: TrainingLoss, **kw: Any) -> dic
         raise ConfigError(f"--val-every {kw['val_every']} needs a val split to validate on; pass val_split")
     if keep == "best" and not kw["val_every"]:
         raise ConfigError("--keep best needs validation: add --val-every N")
-    if not isinstance(arch, str) or not arch.strip():
-        raise ConfigError(f"--arch must be a non-empty name, got {arch!r}")
-    out = Path(kw["out"])
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a checkpoint file name such as {out / 'model.pt'}")
 
+
+def _check_split(split: Any, batch_size: int) -> int:
+    """Check that ``split`` holds uint8 RGB images with labels in ``0..C-1``, C >= 2, and one batch; return C."""
     images, labels = getattr(split, "images", None), getattr(split, "labels", None)
     if images is None or labels is None or getattr(images, "ndim", 0) != 4 or images.shape[-1] != 3:
         raise DataError(
@@ -800,34 +904,12 @@ def _validate(split: Any, arch: Any, *, loss_fn: TrainingLoss, **kw: Any) -> dic
         )
     if n and (int(np.min(labels)) < 0 or int(np.max(labels)) >= n_classes):
         raise DataError(f"split {split.dataset}/{split.split}: labels must lie in 0..{n_classes - 1}")
-    if n < kw["batch_size"]:
+    if n < batch_size:
         raise ConfigError(
             f"split {split.dataset}/{split.split} has {n} images, fewer than "
-            f"--batch-size {kw['batch_size']}; lower --batch-size"
+            f"--batch-size {batch_size}; lower --batch-size"
         )
-    contrastive = loss_fn.uses_contrastive
-    return {
-        "arch": arch.strip(),
-        "contrast_on": contrast_on if contrastive else None,
-        "optimizer": opt.lower(),
-        "epochs": int(kw["epochs"]),
-        "batch_size": int(kw["batch_size"]),
-        "lr": float(kw["lr"]),
-        "weight_decay": float(kw["weight_decay"]),
-        "momentum": float(kw["momentum"]),
-        "warmup_epochs": int(kw["warmup_epochs"]),
-        "seed": int(kw["seed"]),
-        "embed_dim": int(kw["embed_dim"]) if contrastive and contrast_on == "projection" else None,
-        "augment": bool(kw["augment"]),
-        "flip": bool(kw["flip"]),
-        "dataset": str(split.dataset),
-        "split": str(split.split),
-        "data_fingerprint": str(split.fingerprint),
-        "data_image_size": int(split.images.shape[1]),  # the decoded side (image folders: --image-size)
-        "n_classes": int(n_classes),
-        "val_every": int(kw["val_every"]),
-        "keep": keep,
-    }
+    return n_classes
 
 
 _int_at_least = check_int  # (flag, value, minimum, why=""): the package's one integer check
