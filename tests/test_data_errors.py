@@ -31,6 +31,8 @@ def test_missing_root_and_file_root(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(DataError, match=r"--data-root .*f is a file, not a folder"):
         load_split("cifar-fs", "test", tmp_path / "f")
+    with pytest.raises(DataError, match=r"^no --data-root given; pass the folder that holds the dataset files"):
+        load_split("cifar-fs", "test", None)
 
 
 def test_nothing_found_lists_the_patterns(tmp_path):

@@ -298,7 +298,10 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_ .]", "", name.lower())
 
 
-def _existing_root(data_root: str | os.PathLike) -> Path:
+def _existing_root(data_root: str | os.PathLike | None) -> Path:
+    if data_root is None:
+        raise DataError("no --data-root given; pass the folder that holds the dataset files "
+                        "(`fewshot-bench datasets` lists the files each benchmark expects)")
     root = Path(data_root).expanduser()
     if not root.exists():
         raise DataError(f"--data-root {root} does not exist; pass the folder that holds the dataset files")
