@@ -389,7 +389,7 @@ class EpisodeSet:
             dataset, split = meta["dataset"], meta["split"]
         except KeyError as exc:
             raise EpisodeError(f"episode file {path} lacks {exc} in meta.json; regenerate it") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, EpisodeError) as exc:  # EpisodeSpec's own message names a flag, not the file
             raise EpisodeError(f"episode file {path} has an invalid meta.json ({exc}); regenerate it") from None
         eps = cls(spec, dataset, split, names, sizes, arrays["classes"].astype(np.int64),
                   arrays["support"].astype(np.int64), arrays["query"].astype(np.int64),
@@ -541,7 +541,7 @@ def _role(text: str, where: str) -> str:
 
 def _position(value: Any, where: str) -> int:
     if isinstance(value, str):
-        pos = int(value) if value.strip().isdigit() else -1
+        pos = int(value) if value.strip().isdecimal() else -1  # isdigit() would pass "²", which int() refuses
     elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pos = int(value)
     else:

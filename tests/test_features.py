@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import re
 import threading
@@ -14,9 +15,17 @@ import pytest
 import torch
 
 import fewshot_bench.features as F
+from fewshot_bench import __version__
 from fewshot_bench.backbones import create_backbone, save_checkpoint
 from fewshot_bench.errors import CacheError, CheckpointError, ConfigError, DataError
-from fewshot_bench.features import extract_features, feature_cache_key, get_features
+from fewshot_bench.features import extract_features, feature_cache_dir, feature_cache_key, get_features
+from fewshot_bench.transforms import get_transform
+
+
+def exact(text: str) -> str:
+    """A pattern matching ``text`` and nothing else."""
+    return "^" + re.escape(text) + "$"
+
 
 ARCH_KW = {"hidden": 8}  # a tiny conv4 keeps every test well under a second
 
@@ -515,3 +524,335 @@ def test_sharded_non_finite_features_are_refused_on_rank_0(tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match=r"gives NaN/Inf features for 14 of 24 toy/test images"):
         features(tmp_path, split)
     assert not entry_dir(tmp_path, split).exists()
+
+
+# ==================================================================================== exactly (issue 15)
+# ------------------------------------------------------------------------------------ keys
+def test_key_fields_are_exactly_the_documented_inputs(tmp_path):
+    split = make_split()
+    t = get_transform("unit")
+    fields = F._key_fields(None, " conv4 ", split, t, 7, {"hidden": 8, "b": None, "a": 1})
+    assert fields == {"format": 1, "checkpoint": "random-init:7", "arch": "conv4", "arch_kwargs": {"a": 1, "hidden": 8},
+                      "dataset": "toy", "split": "test", "data_fingerprint": "fp-0-24", "transform": t.key}
+    assert list(fields["arch_kwargs"]) == ["a", "hidden"]
+    assert F._key_fields(None, "conv4", split, t, 0, None)["arch_kwargs"] == {}
+    assert F._digest(fields) == hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    assert F._digest({"p": tmp_path}) == hashlib.sha256(json.dumps({"p": str(tmp_path)}).encode()).hexdigest()
+    assert feature_cache_key(None, " conv4 ", split, "unit", seed=7, arch_kwargs={"hidden": 8, "b": None, "a": 1}) \
+        == F._digest(fields)
+    ck = tmp_path / "w.pt"
+    ck.write_bytes(b"weights")
+    fields = F._key_fields(str(ck), "conv4", split, t, 7, None, allow_partial=True)
+    assert fields["checkpoint"] == "sha256:" + hashlib.sha256(b"weights").hexdigest() and fields["partial_load"] is True
+    assert "partial_load" not in F._key_fields(ck, "conv4", split, t, 7, None)
+    assert F.FEATURES_FORMAT == 1
+
+
+def test_the_key_of_a_known_input_is_pinned():
+    """A change of the key invalidates every user's cache: it must be deliberate (bump FEATURES_FORMAT)."""
+    split = make_split()
+    key = feature_cache_key(None, "conv4", split, get_transform("unit"), arch_kwargs={"hidden": 8})
+    assert key == PINNED_KEY
+
+
+PINNED_KEY = "60336cf3a10205009662532b897865b704fe8592c2164c6440adf26c3d803e99"
+
+
+def test_each_split_attribute_is_required(tmp_path):
+    for attr in ("dataset", "split", "images"):
+        split = make_split()
+        delattr(split, attr)
+        with pytest.raises(ConfigError, match=exact(f"split object lacks .{attr}; pass a fewshot_bench.data.Split")):
+            feature_cache_key(None, "conv4", split, "unit")
+
+
+def test_checkpoint_hash_is_memoised_by_path_size_and_mtime(tmp_path, monkeypatch):
+    ck = tmp_path / "w.pt"
+    ck.write_bytes(b"one")
+    calls = []
+    real = F.sha256_file
+    monkeypatch.setattr(F, "sha256_file", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(F, "_CKPT_HASHES", {})
+    first = F._checkpoint_sha256(ck)
+    assert first == hashlib.sha256(b"one").hexdigest() and F._checkpoint_sha256(str(ck)) == first
+    assert len(calls) == 1
+    assert list(F._CKPT_HASHES) == [(str(ck.resolve()), 3, ck.stat().st_mtime_ns)]
+    ck.write_bytes(b"two")  # same size, new mtime
+    import os
+
+    os.utime(ck, ns=(ck.stat().st_atime_ns, ck.stat().st_mtime_ns + 10**9))
+    assert F._checkpoint_sha256(ck) == hashlib.sha256(b"two").hexdigest() and len(calls) == 2
+
+
+def test_cache_dir_is_under_the_cache_root(tmp_path, monkeypatch):
+    assert feature_cache_dir(tmp_path) == tmp_path / "features"
+    monkeypatch.setenv("FEWSHOT_BENCH_CACHE", str(tmp_path / "env"))
+    assert feature_cache_dir() == tmp_path / "env" / "features"
+
+
+# ------------------------------------------------------------------------------------ entries
+def test_entry_meta_records_every_field(tmp_path):
+    split = make_split()
+    torch.manual_seed(3)
+    ck = save_checkpoint(tmp_path / "c4.pt", create_backbone("conv4", image_size=32, hidden=8), {})
+    out = features(tmp_path, split, checkpoint=ck)
+    entry = entry_dir(tmp_path, split, ck)
+    assert sorted(p.name for p in entry.iterdir()) == ["features.npy", "meta.json"]
+    meta = json.loads((entry / "meta.json").read_text())
+    fields = F._key_fields(ck, "conv4", split, get_transform("metaoptnet-cifar"), 0, ARCH_KW)
+    created = meta.pop("created")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", created)
+    report = meta.pop("load_report")
+    assert isinstance(report, str) and "loaded" in report
+    assert meta == {**fields, "key": entry.name, "shape": [24, 32], "dtype": "float32",
+                    "sha256": F.sha256_file(entry / "features.npy"), "checkpoint_path": str(ck),
+                    "fewshot_bench_version": __version__, "device": "cpu", "amp": None}
+    assert isinstance(out, np.memmap) and out.dtype == np.float32 and not out.flags.writeable
+    features(tmp_path, split)  # random init
+    random_init = json.loads((entry_dir(tmp_path, split) / "meta.json").read_text())
+    assert random_init["checkpoint_path"] is None and "load_report" not in random_init
+
+
+def test_amp_used_is_recorded(tmp_path):
+    split = make_split(n=8)
+    features(tmp_path, split, amp="bf16")
+    meta = json.loads((entry_dir(tmp_path, split) / "meta.json").read_text())
+    assert (meta["device"], meta["amp"]) == ("cpu", "bfloat16")
+
+
+def _entry(tmp_path):
+    split = make_split()
+    features(tmp_path, split)
+    entry = entry_dir(tmp_path, split)
+    return entry, entry.name
+
+
+def test_load_entry_messages(tmp_path):
+    entry, key = _entry(tmp_path)
+    assert F._load_entry(entry, key, 24).shape == (24, 32)
+    with pytest.raises(CacheError, match=exact(f"{entry}: recorded shape (24, 32) does not fit 25 images")):
+        F._load_entry(entry, key, 25)
+    with pytest.raises(CacheError, match=exact(f"{entry}: meta.json belongs to another key or format")):
+        F._load_entry(entry, "0" * 64, 24)
+    meta = json.loads((entry / "meta.json").read_text())
+    (entry / "meta.json").write_text(json.dumps({**meta, "shape": [24, 32, 1]}))
+    with pytest.raises(CacheError, match=exact(f"{entry}: recorded shape (24, 32, 1) does not fit 24 images")):
+        F._load_entry(entry, key, 24)
+    (entry / "meta.json").write_text(json.dumps({**meta, "shape": [24]}))
+    with pytest.raises(CacheError, match=exact(f"{entry}: recorded shape (24,) does not fit 24 images")):
+        F._load_entry(entry, key, 24)
+    (entry / "meta.json").write_text(json.dumps({**meta, "shape": [24, 31]}))
+    with pytest.raises(CacheError, match=exact(f"{entry}: features.npy is float32 (24, 32), meta says float32 "
+                                               "(24, 31)")):
+        F._load_entry(entry, key, 24)
+    (entry / "meta.json").write_text(json.dumps({**meta, "sha256": "0" * 64}))
+    with pytest.raises(CacheError, match=exact(f"{entry}: features.npy checksum mismatch (corrupt or truncated)")):
+        F._load_entry(entry, key, 24)
+    assert F._load_entry(entry, key, 24, verify=False).shape == (24, 32)
+    (entry / "features.npy").unlink()
+    with pytest.raises(CacheError, match=exact(f"{entry}: features.npy is missing")):
+        F._load_entry(entry, key, 24)
+    with pytest.raises(CacheError, match="^" + re.escape(f"{entry}: features.npy is unreadable (")):
+        F._load_entry(entry, key, 24, verify=False)
+    (entry / "meta.json").write_text("{")
+    with pytest.raises(CacheError, match="^" + re.escape(f"{entry}: meta.json is unreadable (")):
+        F._load_entry(entry, key, 24)
+    (entry / "meta.json").unlink()
+    with pytest.raises(CacheError, match=exact(f"{entry}: meta.json is missing")):
+        F._load_entry(entry, key, 24)
+
+
+def test_a_corrupt_entry_is_reported_where_get_features_was_called(tmp_path):
+    entry, _ = _entry(tmp_path)
+    (entry / "features.npy").write_bytes(b"x")
+    with pytest.warns(RuntimeWarning) as record:
+        features(tmp_path, make_split())
+    assert len(record) == 1 and record[0].filename == __file__
+    assert str(record[0].message) == (f"feature cache entry is corrupt, rebuilding: {entry}: features.npy checksum "
+                                      "mismatch (corrupt or truncated)")
+
+
+def test_a_hit_takes_no_lock_and_a_miss_returns_the_written_entry(tmp_path, monkeypatch):
+    entry, _ = _entry(tmp_path)
+    monkeypatch.setattr(F, "entry_lock", lambda e: pytest.fail("lock taken on a hit"))
+    assert features(tmp_path, make_split()).shape == (24, 32)
+    monkeypatch.undo()
+    calls = []
+    real = F._load_entry
+    monkeypatch.setattr(F, "_load_entry", lambda *a, **k: calls.append(k) or real(*a, **k))
+    other = make_split(seed=5)
+    features(tmp_path, other)  # a miss: written, then read back without re-hashing
+    assert calls == [{"verify": False}]
+    features(tmp_path, other, verify=False)
+    assert calls[-1] == {"verify": False}
+    features(tmp_path, other)
+    assert calls[-1] == {"verify": True}
+
+
+# ------------------------------------------------------------------------------------ extraction
+class Recorder(torch.nn.Module):
+    """Mean colour per image; records batch sizes, training flags and grad mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((x.shape[0], self.training, torch.is_grad_enabled(), x.dtype))
+        return x.mean(dim=(2, 3)) * self.w
+
+
+@pytest.mark.parametrize("batch_size, sizes", [(10, [10, 10, 4]), (24, [24]), (23, [23, 1]), (1, [1] * 24)])
+def test_batches_are_consecutive_rows_of_batch_size(batch_size, sizes):
+    images = make_split().images
+    model = Recorder().train()
+    out = extract_features(model, images, "unit", batch_size=batch_size, progress=False)
+    assert [c[0] for c in model.calls] == sizes
+    assert all(not training and not grad for _, training, grad, _ in model.calls)
+    assert model.training
+    want = images.astype(np.float32).mean(axis=(1, 2)) / 255
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    model.eval()
+    extract_features(model, images, "unit", batch_size=batch_size, progress=False)
+    assert not model.training
+
+
+def test_get_features_passes_the_batch_size(tmp_path, monkeypatch):
+    model = Recorder()
+    monkeypatch.setattr(F, "create_backbone", lambda arch, **kw: model)
+    get_features(None, "conv4", make_split(), "unit", cache_dir=tmp_path, batch_size=7, progress=False)
+    assert [c[0] for c in model.calls] == [7, 7, 7, 3]
+
+
+def test_string_batch_size_and_non_4d_images():
+    images = make_split(n=4).images
+    assert extract_features(Recorder(), images, "unit", batch_size="3", progress=False).shape == (4, 3)
+    with pytest.raises(ConfigError, match=exact("--batch-size must be >= 1, got -1")):
+        extract_features(Recorder(), images, "unit", batch_size=-1, progress=False)
+    for bad, shown in ((images[0], "uint8 (32, 32, 3)"), (images[..., :2], "uint8 (4, 32, 32, 2)"),
+                       (images.tolist(), "list ()")):
+        with pytest.raises(DataError, match=exact(f"images must be a uint8 numpy array (N, H, W, 3), got {shown}")):
+            extract_features(Recorder(), bad, "unit", progress=False)
+
+
+def test_wrong_batch_dimension_of_the_backbone_is_refused():
+    class Half(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[: len(x) // 2]
+
+    with pytest.raises(ConfigError, match=exact("backbone Half returned (2, 3072) for a batch of 4; a backbone must "
+                                              "return (B, D) features")):
+        extract_features(Half(), make_split(n=4).images, "unit", progress=False)
+
+
+def _shown(tmp_path, split, **kw):
+    return get_features(None, "conv4", split, "metaoptnet-cifar", cache_dir=tmp_path, batch_size=10,
+                        arch_kwargs=ARCH_KW, progress=True, **kw)
+
+
+def test_progress_bar_is_shown_only_when_asked(tmp_path, capsys):
+    split = make_split(n=8)
+    _shown(tmp_path, split)
+    err = capsys.readouterr().err
+    assert "toy/test" in err and "img" in err and " 0/8 " in err
+    assert err.endswith("\r") and "\n" not in err  # leave=False: the bar is cleared, no line left behind
+    features(tmp_path / "b", split)  # progress=False
+    assert capsys.readouterr().err == ""
+    extract_features(Recorder(), split.images, "unit")
+    assert "features" in capsys.readouterr().err
+
+
+def test_random_init_is_seeded_and_leaves_the_global_rng_alone(tmp_path):
+    split = make_split(n=8)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = np.array(features(tmp_path / "a", split, seed=4))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(999)
+    b = np.array(features(tmp_path / "b", split, seed=4))
+    c = np.array(features(tmp_path / "c", split, seed=5))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    torch.manual_seed(4)
+    model = create_backbone("conv4", image_size=32, hidden=8)
+    np.testing.assert_allclose(a, extract_features(model, split.images, "metaoptnet-cifar", progress=False),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_arch_kwargs_reach_the_backbone_and_may_set_its_image_size(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(F, "create_backbone", lambda arch, **kw: seen.append((arch, kw)) or Recorder())
+    features(tmp_path, make_split(n=4), arch_kwargs={"hidden": 8})
+    features(tmp_path, make_split(n=4), arch_kwargs={"hidden": 8, "image_size": 84})
+    assert seen == [("conv4", {"image_size": 32, "hidden": 8}), ("conv4", {"image_size": 84, "hidden": 8})]
+    get_features(None, "conv4", make_split(n=4, size=16), "unit", cache_dir=tmp_path, progress=False)
+    assert seen[-1] == ("conv4", {"image_size": 16})
+
+
+def test_non_finite_rows_are_counted():
+    split = make_split()
+    feats = np.zeros((24, 3), dtype=np.float32)
+    F._check_finite(feats, None, "conv4", split, 0)
+    feats[3, 1] = np.inf
+    feats[5] = np.nan
+    with pytest.raises(CheckpointError, match=exact(
+            "checkpoint random-init:2 (--arch conv4) gives NaN/Inf features for 2 of 24 toy/test images; the weights "
+            "may have diverged, or the transform is wrong")):
+        F._check_finite(feats, None, "conv4", split, 2)
+    with pytest.raises(CheckpointError, match=r"^checkpoint w\.pt \(--arch x\) gives NaN/Inf features for 2 of 24"):
+        F._check_finite(feats, "w.pt", "x", split, 2)
+
+
+# ------------------------------------------------------------------------------------ under torchrun
+def test_sharded_progress_only_on_rank_0_and_warning_at_the_caller(tmp_path, monkeypatch, capsys):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    entry = entry_dir(tmp_path, split)
+    (entry / "features.npy").write_bytes(b"truncated")
+    shards = {1: good[10:]}
+    _as_rank(monkeypatch, 0, shards=shards)
+    with pytest.warns(RuntimeWarning) as record:
+        _shown(tmp_path, split)
+    assert len(record) == 1 and record[0].filename == __file__
+    assert "toy/test" in capsys.readouterr().err
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["device"] == "cpu"
+    _as_rank(monkeypatch, 1, shards={0: good[:10]})
+    with pytest.raises(CacheError, match="^rank 1 cannot read"):  # played alone, rank 0 has written nothing
+        _shown(tmp_path / "r1", split)
+    assert "toy/test" not in capsys.readouterr().err
+
+
+def test_sharded_hit_on_rank_0_takes_no_lock(tmp_path, monkeypatch):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    _as_rank(monkeypatch, 0, shards={})
+    monkeypatch.setattr(F, "entry_lock", lambda e: pytest.fail("lock taken on a hit"))
+    monkeypatch.setattr(F, "_compute", lambda *a, **k: pytest.fail("computed on a hit"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(np.asarray(features(tmp_path, split)), good)
+
+
+@pytest.mark.parametrize("amp, bf16, expected", [(None, True, torch.bfloat16), (True, True, torch.bfloat16),
+                                                 (True, False, torch.float16), (None, False, torch.float16)])
+def test_autocast_on_cuda_prefers_bf16_where_the_gpu_has_it(monkeypatch, amp, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert F._resolve_amp(amp, torch.device("cuda")) is expected
+    assert F._resolve_amp(True, torch.device("cpu")) is torch.bfloat16  # CPU autocast: bf16 only
+
+
+def test_allow_partial_reaches_the_checkpoint_loader(tmp_path, monkeypatch):
+    split = make_split()
+    ck = save_checkpoint(tmp_path / "c4.pt", create_backbone("conv4", image_size=32, hidden=8), {})
+    good = np.array(features(tmp_path / "good", split, checkpoint=ck))
+    seen = []
+    real = F.load_checkpoint
+    monkeypatch.setattr(F, "load_checkpoint", lambda c, model, allow_partial: seen.append(allow_partial) or real(
+        c, model, allow_partial=allow_partial))
+    features(tmp_path, split, checkpoint=ck)
+    features(tmp_path, split, checkpoint=ck, allow_partial=True)
+    assert seen == [False, True]
+    _as_rank(monkeypatch, 0, shards={1: good[10:]})
+    features(tmp_path / "sharded", split, checkpoint=ck, allow_partial=True)
+    assert seen == [False, True, True]
