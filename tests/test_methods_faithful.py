@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from method_episodes import episodes
 from threadpoolctl import threadpool_limits
 
 from fewshot_bench.backbones import create_backbone, save_checkpoint
@@ -37,19 +38,6 @@ def _one_thread():
     with threadpool_limits(1):
         yield
     torch.set_num_threads(threads)
-
-
-def episodes(e, n, k, q, d, sep, seed, offset=0.0):
-    """float64 Gaussian-class episodes, support shuffled (as in test_methods_reference); returns
-    support, labels, query, query labels."""
-    g = torch.Generator().manual_seed(seed)
-    centres = sep * torch.randn(e, n, 1, d, generator=g, dtype=torch.float64) + offset
-    support = (centres + torch.randn(e, n, k, d, generator=g, dtype=torch.float64)).reshape(e, n * k, d)
-    query = (centres + torch.randn(e, n, q, d, generator=g, dtype=torch.float64)).reshape(e, n * q, d)
-    perm = torch.stack([torch.randperm(n * k, generator=g) for _ in range(e)])
-    labels = torch.gather(torch.arange(n).repeat_interleave(k).repeat(e, 1), 1, perm)
-    support = torch.gather(support, 1, perm[..., None].expand_as(support))
-    return support, labels, query, torch.arange(n).repeat_interleave(q).repeat(e, 1)
 
 
 def _unit(v: list[float]) -> list[float]:

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from method_episodes import easyfsl_scores, episodes
 from torch import nn
 
 from fewshot_bench import methods
@@ -37,27 +38,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def episodes(e, n, k, q, d, sep, seed, offset=0.0):
-    """float64 Gaussian-class episodes, support shuffled; returns support, labels, query, query labels."""
-    g = torch.Generator().manual_seed(seed)
-    centres = sep * torch.randn(e, n, 1, d, generator=g, dtype=torch.float64) + offset
-    support = (centres + torch.randn(e, n, k, d, generator=g, dtype=torch.float64)).reshape(e, n * k, d)
-    query = (centres + torch.randn(e, n, q, d, generator=g, dtype=torch.float64)).reshape(e, n * q, d)
-    perm = torch.stack([torch.randperm(n * k, generator=g) for _ in range(e)])
-    labels = torch.gather(torch.arange(n).repeat_interleave(k).repeat(e, 1), 1, perm)
-    support = torch.gather(support, 1, perm[..., None].expand_as(support))
-    return support, labels, query, torch.arange(n).repeat_interleave(q).repeat(e, 1)
-
-
-def easyfsl_scores(model: nn.Module, support, labels, query) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for s, y, q in zip(support, labels, query):
-            model.process_support_set(s, y)
-            out.append(model(q))
-    return torch.stack(out)
 
 
 def same_predictions(a: torch.Tensor, b: torch.Tensor) -> float:
