@@ -663,14 +663,16 @@ def test_load_entry_messages(tmp_path):
         F._load_entry(entry, key, 24)
 
 
+# Under mutmut its trampoline calls get_features (one extra frame), so the warning points there.
+_CALLERS = (__file__,) if "MUTANT_UNDER_TEST" not in os.environ else (__file__, "trampoline.py")
+
+
 def test_a_corrupt_entry_is_reported_where_get_features_was_called(tmp_path):
-    if "MUTANT_UNDER_TEST" in os.environ:  # mutmut's trampoline adds a stack frame: stacklevel differs
-        pytest.skip("warning stacklevel is not observable under mutmut")
     entry, _ = _entry(tmp_path)
     (entry / "features.npy").write_bytes(b"x")
     with pytest.warns(RuntimeWarning) as record:
         features(tmp_path, make_split())
-    assert len(record) == 1 and record[0].filename == __file__
+    assert len(record) == 1 and record[0].filename.endswith(_CALLERS)
     assert str(record[0].message) == (f"feature cache entry is corrupt, rebuilding: {entry}: features.npy checksum "
                                       "mismatch (corrupt or truncated)")
 
@@ -816,7 +818,7 @@ def test_sharded_progress_only_on_rank_0_and_warning_at_the_caller(tmp_path, mon
     _as_rank(monkeypatch, 0, shards=shards)
     with pytest.warns(RuntimeWarning) as record:
         _shown(tmp_path, split)
-    assert len(record) == 1 and record[0].filename == __file__
+    assert len(record) == 1 and record[0].filename.endswith(_CALLERS)
     assert "toy/test" in capsys.readouterr().err
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["device"] == "cpu"
