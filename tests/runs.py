@@ -140,3 +140,14 @@ def borderline_pair(p: float, n: int = 20, base: float = 0.5, sign: int = 1) -> 
     c = scipy.stats.t.ppf(1 - p / 2, n - 1) * e.std(ddof=1) / math.sqrt(n)
     b = np.full(n, base) + np.linspace(-0.05, 0.05, n)
     return b + sign * c + e, b
+
+
+def holm_loop(p):
+    """Holm's step-down adjustment written out: sort ascending, (m - rank) * p, running max, cap at 1."""
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out

@@ -16,7 +16,7 @@ from fewshot_bench import literature, report, stats
 from fewshot_bench.cli import main
 from fewshot_bench.errors import ConfigError, DataError, EpisodeError
 
-from runs import make_run, make_seed_runs
+from runs import holm_loop, make_run, make_seed_runs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "literature_demo.csv"
 KEY1 = ("cifar-fs", "test", 5, 1, 15, "protonet")
@@ -34,17 +34,6 @@ def _t_half(x):
     mean = sum(x) / n
     s = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
     return scipy.stats.t.ppf(0.975, n - 1) * s / math.sqrt(n)
-
-
-def _holm_loop(p):
-    """Holm's step-down adjustment written out."""
-    m = len(p)
-    order = sorted(range(m), key=lambda i: p[i])
-    out, running = [0.0] * m, 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 @pytest.fixture
@@ -195,8 +184,8 @@ def test_compare_pairs_seed_by_seed(groups):
         assert row["p_t"] == pytest.approx(scipy.stats.ttest_rel(xa, xb).pvalue, rel=1e-10, abs=1e-300)
         assert row["p_wilcoxon"] == pytest.approx(scipy.stats.wilcoxon(xa, xb).pvalue, rel=1e-10, abs=1e-300)
         assert row["diff"] == pytest.approx(float(np.mean(xa - xb)), abs=1e-12)
-    np.testing.assert_allclose(df["p_t_holm"], _holm_loop(list(df["p_t"])), rtol=1e-12)
-    np.testing.assert_allclose(df["p_wilcoxon_holm"], _holm_loop(list(df["p_wilcoxon"])), rtol=1e-12)
+    np.testing.assert_allclose(df["p_t_holm"], holm_loop(list(df["p_t"])), rtol=1e-12)
+    np.testing.assert_allclose(df["p_wilcoxon_holm"], holm_loop(list(df["p_wilcoxon"])), rtol=1e-12)
     summary = report.seed_summary(df)
     assert len(summary) == 2 and list(summary["n_pairs"]) == [3, 3] and list(summary["seeds"]) == ["0,1,2"] * 2
     one = df[df["shots"] == 1]
@@ -301,7 +290,7 @@ def test_dagger_needs_every_seed_pair_after_holm(tmp_path):
     clce = make_seed_runs(tmp_path, "clce", {s: {key: a} for s, (a, _) in pairs.items()}, loss="clce")
     ce = make_seed_runs(tmp_path, "ce", {s: {key: b} for s, (_, b) in pairs.items()}, loss="ce")
     # ... but Holm over the three pairs gives 0.09, 0.08, 0.045: not every pair, no dagger
-    assert max(_holm_loop([0.03, 0.04, 0.045])) == pytest.approx(0.09)
+    assert max(holm_loop([0.03, 0.04, 0.045])) == pytest.approx(0.09)
     md = report.make_table([*clce, *ce], fmt="markdown", baseline=ce[0])
     assert "†" not in md.split("\n\n")[0]
     assert "in every fine-tuning seed pair (seed s against seed s)" in md and "after Holm over the seed pairs" in md

@@ -19,7 +19,7 @@ from fewshot_bench import report
 from fewshot_bench.benchmark import format_summary
 from fewshot_bench.cli import main
 
-from runs import borderline_pair, make_run, make_seed_runs
+from runs import borderline_pair, holm_loop, make_run, make_seed_runs
 
 E = 60
 PROTOCOLS = {
@@ -27,17 +27,6 @@ PROTOCOLS = {
     "mini-imagenet": {"transform": "rfs-84", "image_size": 84, "pool": "avg", "source": "checkpoint",
                       "forced": False},
 }
-
-
-def _holm_loop(p):
-    """Holm's step-down adjustment written out: sort ascending, (m - rank) * p, running max, cap at 1."""
-    m = len(p)
-    order = sorted(range(m), key=lambda i: p[i])
-    out, running = [0.0] * m, 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
 
 
 @pytest.fixture
@@ -160,7 +149,7 @@ def test_holm_over_every_test_of_the_table(tmp_path, capsys):
     tested = [r for r in doc["rows"] if r["significance"] not in (None, "baseline")]
     raw = [r["p_t"][0] for r in tested]
     np.testing.assert_allclose(raw, [0.03, 0.04], rtol=1e-9)
-    np.testing.assert_allclose([r["p_t_holm"][0] for r in tested], _holm_loop(raw), rtol=1e-12)
+    np.testing.assert_allclose([r["p_t_holm"][0] for r in tested], holm_loop(raw), rtol=1e-12)
     np.testing.assert_allclose([r["p_t_holm"][0] for r in tested], [0.06, 0.06], rtol=1e-9)
     assert {r["significance"] for r in tested} == {"n.s."} and doc["n_tests"] == 2
     assert "after Holm over the 2 cells tested" in doc["caption"]
