@@ -77,7 +77,7 @@ def run(target: str, max_children: int) -> dict[str, str]:
     dest = prepare(target)
     before = _results(dest) if (dest / "mutants").exists() else {}
     _mutmut(dest, max_children)
-    stale = sorted(m for m, s in before.items() if s not in KILLED)
+    stale = sorted(m for m, s in before.items() if s == "survived")  # not "not checked" of a failed run
     for i in range(0, len(stale), 200):  # keep the command line short
         _mutmut(dest, max_children, stale[i : i + 200])
     return _results(dest)
