@@ -121,9 +121,12 @@ def _add_data_flags(p: argparse.ArgumentParser, *, many: bool = True) -> None:
                    help="folder holding the dataset files (layouts are detected; see `fewshot-bench datasets`)")
     p.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
                    help="side length image folders are resized to (default: the benchmark's native size)")
+    _add_cache_dir(p, "decoded arrays and features")
+
+
+def _add_cache_dir(p: argparse.ArgumentParser, holds: str) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="cache for decoded arrays and features (default: $FEWSHOT_BENCH_CACHE or "
-                        "~/.cache/fewshot-bench)")
+                   help=f"cache for {holds} (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
 
 
 def _add_model_flags(p: argparse.ArgumentParser, *, many: bool = False) -> None:
@@ -857,8 +860,7 @@ def _add_episodes(sub) -> None:
                         "tieredimagenet and image-folder; default: the benchmark's known class structure)")
     p.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
                    help="side image folders are decoded at; use the one eval will use, the fingerprint depends on it")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="cache for decoded arrays (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
+    _add_cache_dir(p, "decoded arrays")
     _add_episode_flags(p, episodes_dir=False)
     p.add_argument("--out-dir", default="episodes", metavar="DIR",
                    help="folder to write the files into (eval reads --episodes-dir, default episodes)")
@@ -895,8 +897,7 @@ def _add_episodes_import(actions) -> None:
                         "a list by index of a benchmark with a known class structure needs none")
     q.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
                    help="side image folders are decoded at; use the one eval will use (positions depend on it)")
-    q.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="cache for decoded arrays (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
+    _add_cache_dir(q, "decoded arrays")
     q.add_argument("--out", required=True, metavar="FILE", help="episode file to write (.episodes.zip)")
     q.add_argument("--force", action="store_true", help="replace --out if it holds other episodes")
 
@@ -920,8 +921,7 @@ def _add_episodes_export(actions) -> None:
     q.add_argument("--data-root", default=None, metavar="DIR", help="the data, for --by name")
     q.add_argument("--image-size", type=_positive_int, default=None, metavar="PX",
                    help="side image folders are decoded at, for --by name (as when the file was made)")
-    q.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="cache for decoded arrays (default: $FEWSHOT_BENCH_CACHE or ~/.cache/fewshot-bench)")
+    _add_cache_dir(q, "decoded arrays")
     q.add_argument("--out", default=None, metavar="FILE", help="file to write (default: print the list)")
     q.add_argument("--force", action="store_true", help="replace --out if it exists")
 
