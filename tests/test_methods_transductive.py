@@ -318,6 +318,11 @@ def test_ptmap_map_update_matches_loops():
                 est = sum(weights[e, j, c] * feats[e, j, i] for j in range(7)) / sum(weights[e, :, c])
                 want = protos[e, c, i] + 0.2 * (est - protos[e, c, i])
                 torch.testing.assert_close(got[e, c, i], want, rtol=1e-6, atol=0)
+    # on coefficients (features=None; the head's form): the same update of m_c = sum_x coef_cx x
+    coef = torch.rand(2, 3, 7, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(
+        map_update(coef, None, weights, 0.2) @ feats, map_update(coef @ feats, feats, weights, 0.2), rtol=1e-12, atol=0
+    )
 
 
 def test_soft_kmeans_update_matches_loops():

@@ -21,7 +21,12 @@ from fewshot_bench.errors import MethodError
 from fewshot_bench.methods import create
 from fewshot_bench.methods.base import class_means, cosine_scores, neg_sq_euclidean, one_hot
 from fewshot_bench.methods.tim import adam, alpha_tim_default_alpha, tim_grad, tim_loss
-from fewshot_bench.methods.transductive_finetuning import transductive_ft_loss
+from fewshot_bench.methods.transductive_finetuning import (
+    _distances,
+    transductive_ft_grad,
+    transductive_ft_logits,
+    transductive_ft_loss,
+)
 
 easyfsl = pytest.importorskip("easyfsl.methods")
 
@@ -160,6 +165,78 @@ def test_transductive_ft_loss_equals_literal_loops(classifier):
     )
     ref = tft_objective_loops(weights, bias, support, labels, query, 2.0, classifier, 0.5)
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("classifier", ["linear", "euclidean"])
+@pytest.mark.parametrize("part", ["both", "support", "query"])
+def test_transductive_ft_closed_form_gradient_equals_autograd(classifier, part):
+    weights, support, labels, query = tiny(seed=9)
+    weights[0, 1] = support[0, 2]  # a support sample on its class weight: distance exactly 0
+    onehot = one_hot(labels, torch.float64)
+    bias = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -0.4]], dtype=torch.float64)
+    bias = bias if classifier == "linear" else None
+    kw = dict(temperature=3.0, classifier=classifier)
+    leaves = [t.clone().requires_grad_() for t in (weights, bias) if t is not None]
+
+    def loss(w, b=None):  # the part's loss: CE only (entropy weight 0), entropy only, or both
+        whole = transductive_ft_loss(w, b, support, onehot, query, entropy_weight=0.7, **kw)
+        ce = transductive_ft_loss(w, b, support, onehot, query, entropy_weight=0.0, **kw)
+        return {"both": whole, "support": ce, "query": whole - ce}[part]
+
+    loss(*leaves).sum().backward()
+    ours = transductive_ft_grad(weights, bias, support, onehot, query, entropy_weight=0.7, part=part, **kw)
+    torch.testing.assert_close(ours[0], leaves[0].grad, rtol=1e-10, atol=1e-13)
+    if classifier == "linear":
+        torch.testing.assert_close(ours[1], leaves[1].grad, rtol=1e-10, atol=1e-13)
+    else:
+        assert ours[1] is None
+
+
+def tft_autograd_reference(support, labels, query, *, lr, epochs, classifier, alternate, temperature=1.0):
+    """Dhillon et al.'s fine-tuning as autograd + ``torch.optim.Adam`` (this head's code before its
+    gradient was written out): L2-normalised inputs, normalised class means (``"linear"``), Adam steps on
+    the support CE then the query entropy (``alternate``) or on their sum."""
+    if classifier == "linear":
+        support, query = F.normalize(support, dim=-1), F.normalize(query, dim=-1)
+    onehot, means = one_hot(labels, support.dtype), class_means(support, labels)
+    weights = (means if classifier == "euclidean" else F.normalize(means, dim=-1)).clone().requires_grad_()
+    bias = None if classifier == "euclidean" else means.new_zeros(means.shape[:2]).requires_grad_()
+    optimizer = torch.optim.Adam([t for t in (weights, bias) if t is not None], lr=lr)
+    kw = dict(temperature=temperature, classifier=classifier)
+    losses = [(1.0, 0.0), (0.0, 1.0)] if alternate else [(1.0, 1.0)]
+    for _ in range(epochs):
+        for ce_w, entropy_w in losses:
+            optimizer.zero_grad()
+            total = transductive_ft_loss(weights, bias, support, onehot, query, entropy_weight=entropy_w, **kw)
+            if ce_w == 0.0:  # the entropy term alone
+                total = total - transductive_ft_loss(weights, bias, support, onehot, query, entropy_weight=0.0, **kw)
+            total.sum().backward()
+            optimizer.step()
+    with torch.no_grad():
+        return transductive_ft_logits(query, weights, bias, temperature, classifier)
+
+
+@pytest.mark.parametrize(("classifier", "alternate", "shots"),
+                         [("linear", True, 1), ("linear", False, 5), ("euclidean", False, 1), ("euclidean", True, 5)])
+def test_transductive_ft_equals_autograd_adam_loop(classifier, alternate, shots):
+    support, labels, query, _ = episodes(6, 5, shots, 7, 12, 0.5, seed=40 + shots, offset=1.0)
+    kw = dict(lr=2e-2, epochs=6, classifier=classifier, alternate=alternate)
+    ours = create("transductive-ft", temperature=2.0, **kw, preprocess="none" if classifier == "euclidean" else None)
+    ref = tft_autograd_reference(support, labels, query, temperature=2.0, **kw)
+    torch.testing.assert_close(ours.scores(support, labels, query), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_distances_are_exact_where_the_expansion_cancels():
+    g = torch.Generator().manual_seed(3)
+    x = 100 + torch.randn(2, 30, 16, generator=g, dtype=torch.float64)  # |x|^2 ~ 1.6e5
+    w = x[:, :4].clone()
+    w[:, 0] += 1e-6  # distance 4e-6: the expansion would be all rounding (eps * 3e5 ~ 7e-11 >> 1.6e-11)
+    w[:, 1] += 1.0  # distance 4: the expansion is fine
+    d = _distances(x, w)
+    direct = (x.unsqueeze(2) - w.unsqueeze(1)).square().sum(-1).clamp_min(1e-30).sqrt()
+    torch.testing.assert_close(d, direct, rtol=1e-9, atol=0)
+    assert float(d[0, 0, 0]) == pytest.approx(4e-6, rel=1e-6) and float(d[0, 2, 2]) == 1e-15  # x == w: floor
+    # (torch.cdist, which expands for more than 25 rows, is off by ~5e-6 on these pairs)
 
 
 # -- what the solvers start from and return ----------------------------------------------------------------

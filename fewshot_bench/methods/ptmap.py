@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MethodError
-from .base import FewShotMethod, class_means, neg_sq_euclidean, one_hot, register_method
+from .base import FewShotMethod, one_hot, register_method
 
 __all__ = ["PTMAP", "map_update", "sinkhorn"]
 
@@ -25,8 +25,9 @@ class PTMAP(FewShotMethod):
 
     1. power transform ``(x + 1e-6) ** 0.5``, then 2. a QR reduction, then 3. L2N: the
        declared chain ``preprocessing = "power:0.5+l2n"`` (per sample; needs non-negative features,
-       e.g. ReLU outputs). The QR reduction is omitted: it rotates the episode's features into
-       their span (an isometry), a speed-up that changes nothing but rounding.
+       e.g. ReLU outputs). The QR reduction rotates the episode's features into their span (an
+       isometry), a speed-up that changes nothing but rounding; the head gets the same speed-up from
+       the Gram matrix instead (see "Computation" below).
     4. "trans-mean-sub", in the head (episode-level, hence transductive): the support is centred
        on the support mean and the queries on the query mean, then every feature is L2-normalised
        again (``episode_centering=True``).
@@ -48,6 +49,12 @@ class PTMAP(FewShotMethod):
     ``sinkhorn_max_iter=1000``, ``episode_centering=True``. easyfsl 1.5.0 ``PTMAP`` (no unit
     scaling, no centring, 10 fine-tuning steps) is ``--preprocess power:0.5`` with
     ``episode_centering=False, n_epochs=10`` (its power transform clips negatives at 0 first).
+
+    Computation: every prototype stays a combination of the episode's features, so the iterations
+    run on the coefficients of ``m_c = sum_x a_cx x`` and the Gram matrix ``G = X X^T`` (``(M, M)``,
+    ``M = N*K + Q``): ``|q - m_c|^2 = G_qq - 2 (G a_c)_q + a_c^T G a_c``, an update is
+    ``a_c <- a_c + alpha (w_c / sum w_c - a_c)``. This is what the code's QR reduction buys (each step
+    costs ``M`` instead of ``D`` per product), without the QR; results agree to rounding.
 
     Differences from the code: the official script tests Sinkhorn convergence once over all its
     10,000 episodes; ours per episode (as easyfsl), so an episode's result does not depend on its
@@ -102,20 +109,25 @@ class PTMAP(FewShotMethod):
         if self.episode_centering:  # the code's centerDatas: each set on its own mean, then L2N
             support = F.normalize(support - support.mean(1, keepdim=True), dim=-1)
             query = F.normalize(query - query.mean(1, keepdim=True), dim=-1)
-        prototypes = class_means(support, support_labels)  # (E, N, D)
-        n_way = prototypes.shape[1]
-        features = torch.cat([support, query], 1)  # (E, N*K + Q, D)
-        labelled = one_hot(support_labels, support.dtype, n_way)  # (E, N*K, N)
-        col_mass = query.shape[1] / n_way
+        n_support = support.shape[1]
+        labelled = one_hot(support_labels, support.dtype)  # (E, N*K, N)
+        features = torch.cat([support, query], 1)  # (E, M, D), M = N*K + Q
+        gram = features @ features.transpose(1, 2)  # (E, M, M)
+        q_sq = gram.diagonal(dim1=1, dim2=2)[:, n_support:].unsqueeze(-1)  # (E, Q, 1): |q|^2
+        col_mass = query.shape[1] / labelled.shape[-1]
+        # prototypes as combinations of the episode's features, m_c = sum_x coef_cx x: the class means
+        coef = F.pad(labelled / labelled.sum(1, keepdim=True), (0, 0, 0, query.shape[1])).transpose(1, 2)
 
-        def log_plan(prototypes: torch.Tensor) -> torch.Tensor:
-            cost = -neg_sq_euclidean(query, prototypes)
+        def log_plan(coef: torch.Tensor) -> torch.Tensor:
+            products = gram @ coef.transpose(1, 2)  # (E, M, N): x . m_c
+            m_sq = (coef * products.transpose(1, 2)).sum(-1).unsqueeze(1)  # (E, 1, N): |m_c|^2
+            cost = q_sq + m_sq - 2 * products[:, n_support:]  # (E, Q, N): |q - m_c|^2
             return sinkhorn(cost, self.lam, col_mass, self.sinkhorn_tol, self.sinkhorn_max_iter)
 
         for _ in range(self.n_epochs):
-            weights = torch.cat([labelled, log_plan(prototypes).exp()], 1)
-            prototypes = map_update(prototypes, features, weights, self.alpha)
-        return log_plan(prototypes)
+            weights = torch.cat([labelled, log_plan(coef).exp()], 1)  # (E, M, N)
+            coef = map_update(coef, None, weights, self.alpha)
+        return log_plan(coef)
 
 
 def sinkhorn(
@@ -168,8 +180,12 @@ def sinkhorn(
 
 
 def map_update(
-    prototypes: torch.Tensor, features: torch.Tensor, weights: torch.Tensor, alpha: float
+    prototypes: torch.Tensor, features: torch.Tensor | None, weights: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """``m + alpha * (W^T X / sum W - m)``: prototypes ``(E, N, D)``, features ``(E, M, D)``, weights ``(E, M, N)``."""
-    estimate = (weights.transpose(1, 2) @ features) / weights.sum(1).unsqueeze(-1)
-    return prototypes + alpha * (estimate - prototypes)
+    """``m + alpha * (W^T X / sum W - m)``: prototypes ``(E, N, D)``, features ``(E, M, D)``, weights ``(E, M, N)``.
+
+    ``features=None`` updates coefficients instead (``X`` the identity): prototypes ``(E, N, M)`` hold
+    ``m_c = sum_x prototypes[c, x] x``.
+    """
+    estimate = weights.transpose(1, 2) if features is None else weights.transpose(1, 2) @ features
+    return prototypes + alpha * (estimate / weights.sum(1).unsqueeze(-1) - prototypes)
