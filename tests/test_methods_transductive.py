@@ -21,7 +21,12 @@ from torch import nn
 from fewshot_bench import methods
 from fewshot_bench.errors import MethodError
 from fewshot_bench.methods import create
-from fewshot_bench.methods.laplacianshot import bound_update, knn_affinity, laplacianshot_prototypes
+from fewshot_bench.methods.laplacianshot import (
+    bound_update,
+    knn_affinity,
+    knn_neighbours,
+    laplacianshot_prototypes,
+)
 from fewshot_bench.methods.ptmap import map_update, sinkhorn
 from fewshot_bench.methods.soft_kmeans import soft_kmeans_prototypes
 
@@ -212,7 +217,7 @@ def test_laplacianshot_bound_update_step_and_affinity_match_loops():
         for p in range(6):
             dist = sorted((float(((query[e, p] - query[e, j]) ** 2).sum()), j) for j in range(6) if j != p)
             assert [j for j in range(6) if w[e, p, j] == 1] == sorted(j for _, j in dist[:2])
-    got = bound_update(unary, w, lam, n_iter=1)  # one step: Y1 = softmax(-a + lam * W Y0)
+    got = bound_update(unary, knn_neighbours(query, 3), lam, n_iter=1)  # one step: Y1 = softmax(-a + lam W Y0)
     want = torch.empty_like(unary)
     for e in range(2):
         y0 = [

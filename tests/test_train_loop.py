@@ -456,3 +456,21 @@ def test_pretrained_files_are_checked_strictly(tmp_path):
         assert "\n" not in str(err.value)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_pretrained(target, tmp_path / "nope.safetensors")
+
+
+# -- the per-epoch line `fewshot-bench finetune` prints ------------------------------------------------
+def test_format_record_prints_every_field_it_is_given():
+    from fewshot_bench.train.log import format_record
+
+    full = {"seed": 2, "epoch": 3, "epochs": 10, "loss": 1.23456, "ce": 1.1, "contrastive": 2.34567,
+            "lr": 0.001, "val_accuracy": 0.452, "val_ci95": 0.011, "seconds": 12.25, "val_seconds": 1.0,
+            "images_per_s": 812.6}  # fmt: skip
+    assert format_record(full) == (
+        "seed 2 epoch 3/10  loss 1.2346 (ce 1.1000, contrastive 2.3457)  lr 1.00e-03  "
+        "val 45.20 ± 1.10 %  13.2 s (813 img/s)"
+    )
+    bare = {"epoch": 1, "loss": 0.5, "lr": 0.1}  # no seed, epochs, terms, validation or timings
+    assert format_record(bare) == "epoch 1  loss 0.5000  lr 1.00e-01  0.0 s (0 img/s)"
+    partial = dict(bare, seed=0, epochs=0, ce=0.25, contrastive=None, val_accuracy=0.5, val_ci95=None,
+                   seconds=2.0, val_seconds=None)  # fmt: skip
+    assert format_record(partial) == "seed 0 epoch 1  loss 0.5000 (ce 0.2500)  lr 1.00e-01  val 50.00 ± 0.00 %  2.0 s (0 img/s)"

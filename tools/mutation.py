@@ -87,7 +87,7 @@ def run(target: str, max_children: int, sample: int | None = None, seed: int = 0
             _mutmut(dest, max_children, ["no-such-mutant-only-generate"])
         status = _results(dest)
         names = set(random.Random(seed).sample(sorted(status), min(sample, len(status))))
-        todo = sorted(m for m in names if status[m] in ("not checked", "survived"))  # survivors: retested
+        todo = sorted(m for m in names if status[m] not in KILLED)  # survivors: retested (new tests may kill)
         for i in range(0, len(todo), 200):  # keep the command line short
             _mutmut(dest, max_children, todo[i : i + 200])
         return {m: s for m, s in _results(dest).items() if m in names}

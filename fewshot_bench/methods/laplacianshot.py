@@ -18,7 +18,7 @@ from .base import (
 )
 from .bdcspn import rectified_prototypes
 
-__all__ = ["LaplacianShot", "bound_update", "knn_affinity", "laplacianshot_prototypes"]
+__all__ = ["LaplacianShot", "bound_update", "knn_affinity", "knn_neighbours", "laplacianshot_prototypes"]
 
 RECTIFICATIONS = ("official", "bdcspn", "none")
 
@@ -47,6 +47,8 @@ class LaplacianShot(FewShotMethod):
     ``p`` (Euclidean), else 0; not symmetrised. ``knn`` counts the point itself, as in the official
     code (sklearn ``NearestNeighbors(knn).kneighbors(X)[:, 1:]``) and easyfsl (``topk(knn)[:, 1:]``):
     ``knn=3`` links each query to its 2 nearest queries; with fewer than ``knn`` queries, all others.
+    Equal distances go to the lower query index (deterministic; sklearn and ``topk`` leave it open). ``W``
+    is kept as each query's neighbour indices, so ``W Y`` is a sum of ``knn - 1`` rows.
 
     Prototypes ``m_c`` (``rectification``):
 
@@ -129,7 +131,7 @@ class LaplacianShot(FewShotMethod):
             support, support_labels, query, self.rectification, self.rect_temperature
         )
         unary = -neg_sq_euclidean(query, prototypes)  # (E, Q, N)
-        return bound_update(unary, knn_affinity(query, self.knn), self.lam, self.n_iter, self.tol)
+        return bound_update(unary, knn_neighbours(query, self.knn), self.lam, self.n_iter, self.tol)
 
 
 def laplacianshot_prototypes(
@@ -155,38 +157,61 @@ def laplacianshot_prototypes(
     return torch.where(counts > 0, rectified, means), shifted
 
 
+def knn_neighbours(query: torch.Tensor, knn: int) -> torch.Tensor:
+    """Indices ``(E, Q, k)`` of the ``k = min(knn - 1, Q - 1)`` nearest other queries of each query.
+
+    Nearest first; equal distances go to the lower index (each pick is an ``argmax``, whose ties do).
+    """
+    k = min(knn - 1, query.shape[1] - 1)
+    gram = query @ query.transpose(1, 2)  # (E, Q, Q)
+    sq = gram.diagonal(dim1=1, dim2=2)  # |q|^2
+    closeness = (2 * gram).sub_(sq.unsqueeze(1)).sub_(sq.unsqueeze(2))  # -||q_p - q_r||^2
+    closeness.diagonal(dim1=1, dim2=2).fill_(-torch.inf)  # never its own neighbour
+    picks = []
+    for _ in range(max(k, 0)):  # k argmax passes: cheaper than topk for the usual k = 2
+        picks.append(closeness.argmax(-1, keepdim=True))
+        closeness.scatter_(-1, picks[-1], -torch.inf)
+    return torch.cat(picks, -1) if picks else query.new_empty(query.shape[:2] + (0,), dtype=torch.int64)
+
+
 def knn_affinity(query: torch.Tensor, knn: int) -> torch.Tensor:
     """``W (E, Q, Q)``: ``W[e, p, q] = 1`` if query q is one of the ``knn - 1`` nearest others of p."""
     n = query.shape[1]
-    k = min(knn - 1, n - 1)
     w = torch.zeros(query.shape[0], n, n, dtype=query.dtype, device=query.device)
-    if k <= 0:
-        return w
-    closeness = neg_sq_euclidean(query, query)
-    closeness.diagonal(dim1=1, dim2=2).fill_(-torch.inf)  # never its own neighbour
-    return w.scatter_(2, closeness.topk(k, dim=-1).indices, 1.0)
+    return w.scatter_(2, knn_neighbours(query, knn), 1.0)
+
+
+def _neighbour_sum(y: torch.Tensor, flat_neighbours: torch.Tensor) -> torch.Tensor:
+    """``W Y`` ``(E, Q, N)``: each query's sum of its neighbours' rows of ``y``; ``flat_neighbours``
+    ``(E, k, Q)`` indexes the rows of ``y`` flattened to ``(E*Q, N)``."""
+    e, q, n = y.shape
+    return y.reshape(e * q, n).index_select(0, flat_neighbours.reshape(-1)).view(e, -1, q, n).sum(1)
 
 
 def bound_update(
-    unary: torch.Tensor, affinity: torch.Tensor, lam: float, n_iter: int = 20, tol: float = 1e-6
+    unary: torch.Tensor, neighbours: torch.Tensor, lam: float, n_iter: int = 20, tol: float = 1e-6
 ) -> torch.Tensor:
     """``log Y (E, Q, N)`` after LaplacianShot's bound updates (Algorithm 1), stopped per episode.
 
-    unary ``a (E, Q, N)``; affinity ``W (E, Q, Q)``; ``Y <- softmax(-a + lam * W Y)``, from
-    ``Y = softmax(-a)``, at most ``n_iter`` times, until the relative change of the energy
-    ``sum(Y log Y + a Y - lam (W Y) Y)`` is ``<= tol`` (tested from the third step on, as the code).
+    unary ``a (E, Q, N)``; ``neighbours`` ``(E, Q, k)``: the affinity ``W`` as the indices of each query's
+    neighbours (:func:`knn_neighbours`); ``Y <- softmax(-a + lam * W Y)``, from ``Y = softmax(-a)``, at
+    most ``n_iter`` times, until the relative change of the energy ``sum(Y log Y + a Y - lam (W Y) Y)``
+    is ``<= tol`` (tested from the third step on, as the code).
     """
-    y = (-unary).softmax(-1)
+    e, q, _ = unary.shape
+    flat = neighbours.transpose(1, 2) + q * torch.arange(e, device=neighbours.device).view(e, 1, 1)
     log_y = (-unary).log_softmax(-1)
+    y = log_y.exp()
+    wy = _neighbour_sum(y, flat)  # W Y of the current Y (the previous step's W Y^{t+1})
     old = torch.full(unary.shape[:1], torch.inf, dtype=unary.dtype, device=unary.device)
     active = torch.ones(unary.shape[:1], dtype=torch.bool, device=unary.device)
     for i in range(n_iter):
-        logits = lam * (affinity @ y) - unary
-        new_y = logits.softmax(-1)
-        pairwise = lam * (affinity @ new_y) * new_y
-        energy = (new_y * new_y.clamp_min(1e-20).log() + unary * new_y - pairwise).sum((1, 2))
-        keep = active[:, None, None]
-        y, log_y = torch.where(keep, new_y, y), torch.where(keep, logits.log_softmax(-1), log_y)
+        logits = lam * wy - unary
+        new_log_y = logits - logits.logsumexp(-1, keepdim=True)
+        new_y = new_log_y.exp()
+        wy = _neighbour_sum(new_y, flat)  # stale for stopped episodes, whose Y no longer changes
+        energy = (new_y * new_y.clamp_min(1e-20).log() + unary * new_y - lam * wy * new_y).sum((1, 2))
+        log_y = torch.where(active[:, None, None], new_log_y, log_y)
         converged = (energy - old).abs() <= tol * old.abs() if i > 1 else torch.zeros_like(active)
         old = torch.where(active, energy, old)
         active = active & ~converged
