@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import MethodError
-from .base import FewShotMethod, cosine_scores, neg_sq_euclidean, one_hot, register_method
+from .base import FewShotMethod, cosine_scores, neg_sq_euclidean, register_method
 
 __all__ = ["KNearestNeighbours"]
 
@@ -63,10 +63,10 @@ class KNearestNeighbours(FewShotMethod):
         sim = (cosine_scores if self.metric == "cosine" else neg_sq_euclidean)(query, support)  # (E, Q, N*K)
         k, n_way = min(self.k, support.shape[1]), int(support_labels.max()) + 1
         nearest = sim.topk(k, dim=-1).indices  # (E, Q, k), nearest first
-        labels = torch.gather(support_labels.unsqueeze(1).expand_as(sim), 2, nearest)
-        voters = one_hot(labels, support.dtype, n_way)  # (E, Q, k, N)
-        votes = voters.sum(2)
-        if self.tie_break == "nearest":
-            rank_weight = torch.arange(k, 0, -1, dtype=support.dtype, device=support.device) / (k + 1)
-            return votes + (voters * rank_weight[:, None]).amax(2)
+        labels = torch.gather(support_labels.unsqueeze(1).expand_as(sim), 2, nearest)  # (E, Q, k)
+        zeros = sim.new_zeros(sim.shape[:2] + (n_way,))  # (E, Q, N)
+        votes = zeros.scatter_add(2, labels, torch.ones_like(labels, dtype=sim.dtype))
+        if self.tie_break == "nearest":  # the largest rank weight among each class's voters
+            rank_weight = torch.arange(k, 0, -1, dtype=sim.dtype, device=sim.device) / (k + 1)
+            return votes + zeros.scatter_reduce(2, labels, rank_weight.expand_as(labels), "amax")
         return votes + torch.arange(n_way - 1, -1, -1, dtype=support.dtype, device=support.device) / n_way
