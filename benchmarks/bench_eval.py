@@ -11,7 +11,7 @@ cache* (gathering the episodes' features is part of the timed work):
 * ``fewshot_bench`` ``evaluate_rows`` with the ``protonet`` and the ``logistic`` (RFS) heads, on
   fixed episodes drawn by ``fewshot_bench.episodes.sample_episodes``;
 * a minimal batched torch reference on the same episodes, in the batches ``evaluate_rows`` uses for
-  ProtoNet (~32 MiB of features): ``index_select`` (allocating) from a view
+  ProtoNet (~4 MiB of features on the CPU): ``index_select`` (allocating) from a view
   of the memmap, class means by ``view().mean()``, then the same squared distances by
   ``torch.cdist`` or by one ``matmul`` (the reference of ``bench_methods.py``), argmax;
 * easyfsl 1.5.0 ``easyfsl.utils.evaluate`` with ``PrototypicalNetworks(nn.Identity())`` over a
@@ -46,10 +46,9 @@ import pandas as pd
 import torch
 from _common import command_line, timed
 
-from fewshot_bench import evaluate as evaluate_mod
 from fewshot_bench import methods
 from fewshot_bench.episodes import EpisodeSpec, sample_episodes
-from fewshot_bench.evaluate import episode_batch_size, evaluate_rows
+from fewshot_bench.evaluate import default_batch_episodes, evaluate_rows
 
 
 def write_cache(folder: Path, n: int, dim: int, n_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,10 +215,10 @@ def bench_shots(args, feats, labels, shots: int, l2l_skip: str | None):
     s_rows, q_rows = episode_rows(labels, spec)
     E, W, Q = args.episodes, args.ways, args.queries
     proto, logistic = methods.create("protonet"), methods.create("logistic")
-    # evaluate_rows' default batches: ~32 MiB for batch-invariant heads (ProtoNet; the reference gets the
-    # same), ~256 MiB for the logistic head (its stopping test is per batch)
-    batch = episode_batch_size(W * (shots + Q), feats.shape[1], budget=evaluate_mod._INVARIANT_BATCH_BYTES)
-    batch_lr = episode_batch_size(W * (shots + Q), feats.shape[1])
+    # evaluate_rows' default batches (ProtoNet's; the reference gets the same): ~4 MiB on the CPU for
+    # batch-invariant heads, ~256 MiB for the logistic head (its stopping test is per batch)
+    batch = default_batch_episodes(proto, W * (shots + Q), feats.shape[1])
+    batch_lr = default_batch_episodes(logistic, W * (shots + Q), feats.shape[1])
     evaluate_rows(feats, s_rows[:50], q_rows[:50], W, proto)  # warm-up
     t_ours, a_ours = timed(lambda: evaluate_rows(feats, s_rows, q_rows, W, proto), args.repeats)
     t_cd, a_cd = timed(lambda: reference(feats, s_rows, q_rows, W, batch, "cdist"), args.repeats)

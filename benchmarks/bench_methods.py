@@ -7,9 +7,9 @@ cached test split; 5-way 1-shot and 5-shot, 15-query episodes address rows like
 ``EpisodeSet.indices`` does (support sorted by class). The episodes are gathered from the feature
 matrix once, before timing (that step is the evaluator's; its time is shown on its own line); every
 head then gets the same episode tensors, the batched ones in slices of ``--batch-episodes``
-episodes (default: the evaluator's choice, ``fewshot_bench.evaluate``: ~32 MiB of features per
-batch for ``batch_invariant`` heads, ~256 MiB for the others), the per-episode ones episode by
-episode. Timings include the argmax. For each shot count,
+episodes (default: the evaluator's choice, ``fewshot_bench.evaluate.default_batch_episodes``: ~4 MiB
+of features per batch for ``batch_invariant`` heads on the CPU, ~32 MiB on CUDA, ~256 MiB for the
+others), the per-episode ones episode by episode. Timings include the argmax. For each shot count,
 ours (``fewshot_bench``, batched, validated) against (hyper-parameters and preprocessing matched, so
 that both compute the same function; see the method files and their reference tests):
 
@@ -43,7 +43,8 @@ scikit-learn fits one estimator per episode. With ``--peer-episodes`` below ``--
 per-episode peer runs on the first episodes only and its time is extrapolated linearly to
 ``--episodes`` (the output says so); its accuracy and its agreement with ours (share of identical
 argmax predictions) are on those episodes. ``--threads`` (default 1) sets ``torch.set_num_threads``
-and, through threadpoolctl, the BLAS / OpenMP pools, for ours and the peers alike.
+and, through threadpoolctl, the BLAS / OpenMP pools, for ours and the peers alike. ``--device cuda``
+runs ours and the easyfsl peers on the GPU (timings synchronised; scikit-learn stays on the CPU).
 
 Batched timings are the best of ``--repeats`` runs, per-episode ones of ``min(--repeats, 2)``; each
 contender is warmed up on a few episodes first.
@@ -146,8 +147,8 @@ def sklearn_loop(make_estimator: Callable[[], object], normalize: bool = False) 
 
     def run(support, query, s_labels):
         prep = l2n if normalize else (lambda x: x)
-        y, preds = s_labels.numpy(), []
-        for s, q in zip(support.numpy(), query.numpy()):
+        y, preds = s_labels.cpu().numpy(), []
+        for s, q in zip(support.cpu().numpy(), query.cpu().numpy()):
             preds.append(make_estimator().fit(prep(s), y).predict(prep(q)))
         return torch.from_numpy(np.stack(preds))
 
@@ -212,24 +213,24 @@ HEADS = (
 )
 
 
-def evaluator_batch(method: methods.FewShotMethod, rows_per_episode: int, dim: int) -> int:
+def evaluator_batch(method: methods.FewShotMethod, rows_per_episode: int, dim: int, device) -> int:
     """Episodes per ``scores`` call as ``evaluate_rows`` picks them for ``method`` (float32 features)."""
-    from fewshot_bench.evaluate import _BATCH_BYTES, _INVARIANT_BATCH_BYTES, episode_batch_size
+    from fewshot_bench.evaluate import default_batch_episodes
 
-    budget = _INVARIANT_BATCH_BYTES if method.batch_invariant else _BATCH_BYTES
-    return episode_batch_size(rows_per_episode, dim, budget=budget)
+    return default_batch_episodes(method, rows_per_episode, dim, device)
 
 
 def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarray, shots: int):
     """Time every implementation on one shot count; returns table rows and target checks."""
     s_rows, q_rows = sample_episodes(labels, args.episodes, args.ways, shots, args.queries, args.seed + shots)
-    s_lab = torch.arange(args.ways).repeat_interleave(shots)[None]
+    s_lab = torch.arange(args.ways, device=feats.device).repeat_interleave(shots)[None]
     q_lab = torch.arange(args.ways).repeat_interleave(args.queries)[None]
     n_peer = min(args.peer_episodes or args.episodes, args.episodes)
-    t_gather, (support, query) = timed(lambda: (gather(feats, s_rows), gather(feats, q_rows)), 1)
+    s_rows, q_rows = s_rows.to(feats.device), q_rows.to(feats.device)
+    t_gather, (support, query) = timed(lambda: (gather(feats, s_rows), gather(feats, q_rows)), 1, feats.device)
 
     def rate(a, b) -> float:
-        return float((torch.as_tensor(a) == torch.as_tensor(b)).double().mean())
+        return float((torch.as_tensor(a).cpu() == torch.as_tensor(b).cpu()).double().mean())
 
     def row(head, implementation, seconds, pred=None, ours=None, t_ours=None, timed_on=args.episodes):
         nan = float("nan")
@@ -242,12 +243,12 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
 
     def ours_timed(score_fn, s, q, batch):
         batched(score_fn, s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab, batch)
-        return timed(lambda: batched(score_fn, s, q, s_lab, batch), args.repeats)
+        return timed(lambda: batched(score_fn, s, q, s_lab, batch), args.repeats, feats.device)
 
     def peer_timed(peer, s, q):
         """Time on the first ``n_peer`` episodes, extrapolated linearly to all of them."""
         peer(s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab[0])
-        seconds, preds = timed(lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]), min(args.repeats, 2))
+        seconds, preds = timed(lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]), min(args.repeats, 2), feats.device)
         return seconds * args.episodes / n_peer, preds
 
     peer_note = "" if n_peer == args.episodes else f", timed on {n_peer} (extrapolated)"
@@ -256,7 +257,7 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
         if head not in args.heads:
             continue
         s, q = (support, query) if transform is None else (transform(support), transform(query))
-        batch = args.batch_episodes or evaluator_batch(ours, s.shape[1] + q.shape[1], s.shape[2])
+        batch = args.batch_episodes or evaluator_batch(ours, s.shape[1] + q.shape[1], s.shape[2], feats.device)
         t_ours, p_ours = ours_timed(ours.scores, s, q, batch)
         rows.append(row(head, f"fewshot_bench (batched, {batch} episodes per call)", t_ours, p_ours))
         if head == "protonet":
@@ -285,6 +286,12 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
     return rows, checks
 
 
+def device_name(device: str) -> str:
+    """``"cpu"`` or the CUDA device's name."""
+    d = torch.device(device)
+    return torch.cuda.get_device_name(d) if d.type == "cuda" else d.type
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -311,11 +318,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=1, help="torch and BLAS threads, ours and the peers' (default 1)"
     )
+    p.add_argument(
+        "--device", default="cpu",
+        help="where ours and the easyfsl peers run, e.g. cuda (scikit-learn peers: CPU; default cpu)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     feats, labels = make_features(args.features, args.dim, args.classes, args.seed)
+    feats = feats.to(args.device)
     load_before = os.getloadavg()
     rows, checks = [], []
     with threadpool_limits(args.threads):
@@ -327,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.episodes} episodes of {args.ways}-way, {args.queries} queries on {args.features}x{args.dim} "
         f"float32 features; seconds for all {args.episodes} episodes; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average before {load_before[0]:.1f}"
+        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average before {load_before[0]:.1f}, "
+        f"device {device_name(args.device)}"
     )
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -344,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "cpu_count": os.cpu_count(),
+                "device": device_name(args.device),
                 "platform": platform.platform(),
                 "load_average_before": load_before,
                 "results": table.to_dict("records"),

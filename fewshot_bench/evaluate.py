@@ -19,17 +19,29 @@ from tqdm.auto import tqdm
 from .episodes import EpisodeSet
 from .errors import MethodError
 
-__all__ = ["episode_batch_size", "evaluate_episodes", "evaluate_rows"]
+__all__ = ["default_batch_episodes", "episode_batch_size", "evaluate_episodes", "evaluate_rows"]
 
 _BATCH_BYTES = 1 << 28  # ~256 MiB of gathered features per batch of episodes
 # Heads whose episodes do not interact (``method.batch_invariant``) get smaller batches: the same
 # results, and fresh buffers of ~32 MiB cost far fewer page faults than 256 MiB ones (1.5x on ProtoNet).
-_INVARIANT_BATCH_BYTES = 1 << 25
+# On the CPU ~4 MiB (about 20 episodes of 640-D features) keeps an iterative head's batch in cache:
+# TIM, PT-MAP, LaplacianShot and transductive fine-tuning run 1.2-1.5x faster than with 32 MiB, the
+# closed-form heads within noise (benchmarks/bench_methods.py, 1 thread). CUDA keeps 32 MiB (unmeasured).
+_INVARIANT_BATCH_BYTES = {"cpu": 1 << 22, "cuda": 1 << 25}
 
 
 def episode_batch_size(rows_per_episode: int, dim: int, itemsize: int = 4, budget: int = _BATCH_BYTES) -> int:
     """Episodes per batch so that gathered features stay under ``budget`` bytes."""
     return max(1, budget // max(1, rows_per_episode * dim * itemsize))
+
+
+def default_batch_episodes(method: Any, rows_per_episode: int, dim: int, device: str | torch.device = "cpu") -> int:
+    """Episodes per ``scores`` call :func:`evaluate_rows` uses for ``method`` (float32 features)."""
+    if getattr(method, "batch_invariant", False):
+        budget = _INVARIANT_BATCH_BYTES.get(torch.device(device).type, _INVARIANT_BATCH_BYTES["cuda"])
+    else:
+        budget = _BATCH_BYTES
+    return episode_batch_size(rows_per_episode, dim, budget=budget)
 
 
 def _feature_source(features, device: torch.device) -> torch.Tensor | None:
@@ -76,9 +88,10 @@ def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, wa
 
     Each batch of episodes is gathered with ``torch.index_select`` into buffers reused
     across batches (a method must not keep references to its inputs), then cast to float32
-    on ``device``; the values are exactly ``features[rows]``. Default batch: ~256 MiB of
-    features, ~32 MiB for heads with ``batch_invariant = True`` (their results do not depend
-    on the batching; the others' may, e.g. the ``logistic`` head's stopping test).
+    on ``device``; the values are exactly ``features[rows]``. Default batch
+    (:func:`default_batch_episodes`): ~256 MiB of features, ~4 MiB on the CPU (~32 MiB on CUDA) for
+    heads with ``batch_invariant = True`` (their results do not depend on the batching; the others'
+    may, e.g. the ``logistic`` head's stopping test).
 
     Returns
     -------
@@ -91,8 +104,7 @@ def evaluate_rows(features, support_rows: np.ndarray, query_rows: np.ndarray, wa
         raise MethodError(f"episodes have {NK} support and {NQ} query rows, not multiples of {ways} ways")
     device = torch.device(device) if device is not None else torch.device("cpu")
     if batch_episodes is None:
-        budget = _INVARIANT_BATCH_BYTES if getattr(method, "batch_invariant", False) else _BATCH_BYTES
-        batch_episodes = episode_batch_size(NK + NQ, features.shape[1], budget=budget)
+        batch_episodes = default_batch_episodes(method, NK + NQ, features.shape[1], device)
     batch_episodes = max(1, min(int(batch_episodes), E))
     s_labels = torch.arange(ways, device=device).repeat_interleave(NK // ways)
     q_labels = torch.arange(ways, device=device).repeat_interleave(NQ // ways)

@@ -369,6 +369,9 @@ def make(name, **kw):
         ("laplacianshot", {"lam": 1.0}),  # stops after 5 to 8 steps here, depending on the episode
         ("ptmap", {"sinkhorn_tol": 1e-2}),  # a loose tolerance: a batch-wide stopping test would show
         ("soft-kmeans", {"n_iter": 3}),
+        ("bdcspn", {}),
+        ("bdcspn", {"top_z": 2}),  # the confidence ranking is within each episode
+        ("bdcspn", {"variant": "easyfsl"}),
     ],
 )
 def test_declared_batch_invariance(name, kw):

@@ -55,6 +55,7 @@ class BDCSPN(FewShotMethod):
     transductive = True
     preprocessing = "l2n"
     nonfinite_propagates = True
+    batch_invariant = True  # closed form, episode by episode
     presets: ClassVar[dict[str, dict]] = {
         "easyfsl": {"variant": "easyfsl", "temperature": 1.0, "preprocessing": "none"},
     }
