@@ -36,9 +36,15 @@ def episode_batch_size(rows_per_episode: int, dim: int, itemsize: int = 4, budge
 
 
 def default_batch_episodes(method: Any, rows_per_episode: int, dim: int, device: str | torch.device = "cpu") -> int:
-    """Episodes per ``scores`` call :func:`evaluate_rows` uses for ``method`` (float32 features)."""
+    """Episodes per ``scores`` call :func:`evaluate_rows` uses for ``method`` (float32 features).
+
+    ~256 MiB of features; for a ``batch_invariant`` head ~4 MiB on the CPU (or its ``cpu_batch_bytes``)
+    and ~32 MiB on CUDA.
+    """
     if getattr(method, "batch_invariant", False):
-        budget = _INVARIANT_BATCH_BYTES.get(torch.device(device).type, _INVARIANT_BATCH_BYTES["cuda"])
+        cpu = torch.device(device).type == "cpu"
+        budget = (getattr(method, "cpu_batch_bytes", None) or _INVARIANT_BATCH_BYTES["cpu"]) if cpu else (
+            _INVARIANT_BATCH_BYTES["cuda"])
     else:
         budget = _BATCH_BYTES
     return episode_batch_size(rows_per_episode, dim, budget=budget)

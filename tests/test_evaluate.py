@@ -104,3 +104,25 @@ def test_batch_invariant_heads_do_not_depend_on_the_batching(cached, name):
     want = evaluate_rows(feats, support, query, WAYS, method, batch_episodes=len(support))
     for batch in (None, 1, 6):
         assert np.array_equal(evaluate_rows(feats, support, query, WAYS, method, batch_episodes=batch), want)
+
+
+def test_default_batch_episodes_follows_the_declared_batch_behaviour():
+    from fewshot_bench.evaluate import default_batch_episodes
+
+    per_episode = 80 * 640 * 4  # bytes of float32 features of one 5-way 1-shot, 15-query episode
+
+    class Shared:  # episodes may interact (e.g. one stopping test per batch): ~256 MiB
+        batch_invariant = False
+
+    class Alone:
+        batch_invariant = True
+
+    class Tuned(Alone):
+        cpu_batch_bytes = 1 << 25
+
+    assert default_batch_episodes(Shared(), 80, 640) == (1 << 28) // per_episode == 1310
+    assert default_batch_episodes(Alone(), 80, 640) == (1 << 22) // per_episode == 20
+    assert default_batch_episodes(Alone(), 80, 640, "cuda") == (1 << 25) // per_episode == 163
+    assert default_batch_episodes(Tuned(), 80, 640) == 163  # the head's own CPU budget
+    assert default_batch_episodes(Tuned(), 80, 640, torch.device("cuda")) == 163
+    assert default_batch_episodes(Alone(), 80, 1 << 20) == 1  # never 0

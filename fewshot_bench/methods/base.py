@@ -54,6 +54,8 @@ class FewShotMethod:
     batch_invariant: ``True`` if an episode's scores do not depend on the other episodes of the
         batch (closed-form heads), so the evaluator may pick smaller, cache-friendly batches;
         ``False`` (the safe default) for e.g. iterative solvers with one stopping test per batch.
+    cpu_batch_bytes: features per ``scores`` call on the CPU for a ``batch_invariant`` head, in bytes
+        (``None``: the evaluator's ~4 MiB; see :func:`fewshot_bench.evaluate.default_batch_episodes`).
     presets: named sets of defaults, ``{"r2d2": {"alpha": 50.0, "normalize": False}}``; the name
         ``"ridge:r2d2"`` builds the method with them (explicit parameters still win). A preset may
         also set ``preprocessing``. See :func:`fewshot_bench.methods.create`.
@@ -67,6 +69,7 @@ class FewShotMethod:
     needs_base_mean: ClassVar[bool] = False
     nonfinite_propagates: ClassVar[bool] = False
     batch_invariant: ClassVar[bool] = False
+    cpu_batch_bytes: ClassVar[int | None] = None
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
