@@ -98,9 +98,25 @@ def extract_features(
     without bf16) on CUDA and runs fp32 on CPU. The model runs in eval mode under
     ``torch.inference_mode``; its training flag is restored afterwards.
     """
-    from tqdm.auto import tqdm
-
     transform = get_transform(transform)
+    _check_images(images)
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    dev = D.resolve_device(device)
+    amp_dtype = _resolve_amp(amp, dev)
+    was_training = model.training
+    model.eval().to(dev)
+    try:
+        out = _embed_all(model, images, transform, int(batch_size), dev, amp_dtype, progress, desc)
+    finally:
+        model.train(was_training)
+    if out is None:  # no images: D from the model if it says
+        out = np.empty((0, int(getattr(model, "out_dim", 0))), dtype=np.float32)
+    return out
+
+
+def _check_images(images: Any) -> None:
+    """Raise :class:`DataError` unless ``images`` is a uint8 numpy array ``(N, H, W, 3)``."""
     if (
         not isinstance(images, np.ndarray)
         or images.dtype != np.uint8
@@ -110,40 +126,39 @@ def extract_features(
         what = getattr(images, "dtype", type(images).__name__)
         shape = tuple(getattr(images, "shape", ()))
         raise DataError(f"images must be a uint8 numpy array (N, H, W, 3), got {what} {shape}")
-    if int(batch_size) < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    dev = D.resolve_device(device)
-    amp_dtype = _resolve_amp(amp, dev)
-    n = len(images)
-    was_training = model.training
-    model.eval().to(dev)
-    out: np.ndarray | None = None
-    try:
-        with (
-            torch.inference_mode(),
-            tqdm(total=n, unit="img", desc=desc, disable=not progress, leave=False) as bar,
-        ):
-            for start in range(0, n, int(batch_size)):
-                x = to_uint8_tensor(np.array(images[start : start + int(batch_size)]))  # reads a memmap batch
-                if dev.type == "cuda":
-                    x = x.pin_memory().to(dev, non_blocking=True)
-                x = transform(x)
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    y = model(x)
-                if y.ndim != 2 or y.shape[0] != x.shape[0]:
-                    raise ConfigError(
-                        f"backbone {getattr(model, 'arch', type(model).__name__)} returned {tuple(y.shape)} "
-                        f"for a batch of {x.shape[0]}; a backbone must return (B, D) features"
-                    )
-                if out is None:
-                    out = np.empty((n, y.shape[1]), dtype=np.float32)
-                out[start : start + len(y)] = y.float().cpu().numpy()
-                bar.update(len(y))
-    finally:
-        model.train(was_training)
-    if out is None:  # no images: D from the model if it says
-        out = np.empty((0, int(getattr(model, "out_dim", 0))), dtype=np.float32)
+
+
+def _embed_all(model: nn.Module, images: np.ndarray, transform: EvalTransform, batch_size: int,
+               dev: torch.device, amp_dtype: torch.dtype | None, progress: bool, desc: str) -> np.ndarray | None:
+    """``(N, D)`` float32 features of ``images``, batch by batch, with a progress bar (None if N = 0)."""
+    from tqdm.auto import tqdm
+
+    n, out = len(images), None
+    with torch.inference_mode(), tqdm(total=n, unit="img", desc=desc, disable=not progress, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            y = _embed_batch(model, images[start : start + batch_size], transform, dev, amp_dtype)
+            if out is None:
+                out = np.empty((n, y.shape[1]), dtype=np.float32)
+            out[start : start + len(y)] = y
+            bar.update(len(y))
     return out
+
+
+def _embed_batch(model: nn.Module, batch: np.ndarray, transform: EvalTransform, dev: torch.device,
+                 amp_dtype: torch.dtype | None) -> np.ndarray:
+    """Features ``(B, D)`` float32 of a uint8 batch ``(B, H, W, 3)`` (a memmap slice is read here)."""
+    x = to_uint8_tensor(np.array(batch))
+    if dev.type == "cuda":
+        x = x.pin_memory().to(dev, non_blocking=True)
+    x = transform(x)
+    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        y = model(x)
+    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+        raise ConfigError(
+            f"backbone {getattr(model, 'arch', type(model).__name__)} returned {tuple(y.shape)} "
+            f"for a batch of {x.shape[0]}; a backbone must return (B, D) features"
+        )
+    return y.float().cpu().numpy()
 
 
 # ------------------------------------------------------------------------------------ cache keys
@@ -291,30 +306,35 @@ def get_features(
             verify=verify, allow_partial=allow_partial,
         )
 
-    if (entry / "meta.json").exists():  # fast path, no lock
-        try:
-            return _load_entry(entry, key, n_rows, verify=verify)
-        except CacheError:
-            pass  # re-checked (and reported) under the lock: another process may be replacing it
-
+    cached = _load_or_discard(entry, key, n_rows, verify, locked=False)  # fast path, no lock
+    if cached is not None:
+        return cached
     with entry_lock(entry):  # also removes the temporaries of a killed run
-        if entry.exists():
-            try:
-                return _load_entry(entry, key, n_rows, verify=verify)
-            except CacheError as exc:
-                warnings.warn(
-                    f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=2
-                )
-                discard(entry)
-
+        cached = _load_or_discard(entry, key, n_rows, verify, locked=True)
+        if cached is not None:
+            return cached
         feats, run_info = _compute(
             checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
             allow_partial=allow_partial,
         )
         _check_finite(feats, checkpoint, arch, split, seed)
-
         _write_entry(key, entry, feats, fields, checkpoint, run_info)
         return _load_entry(entry, key, n_rows, verify=False)
+
+
+def _load_or_discard(entry: Path, key: str, n_rows: int, verify: bool, *, locked: bool) -> np.ndarray | None:
+    """The cached array of ``entry``, or None. Without the lock (``locked=False``) only a complete
+    entry is read and any problem is left for the locked retry (another process may be replacing
+    it); with it, a corrupt entry is removed with a warning."""
+    if not (entry / "meta.json" if not locked else entry).exists():
+        return None
+    try:
+        return _load_entry(entry, key, n_rows, verify=verify)
+    except CacheError as exc:
+        if locked:
+            warnings.warn(f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=3)
+            discard(entry)
+        return None
 
 
 def _write_entry(key: str, entry: Path, feats: np.ndarray, fields: Mapping, checkpoint, run_info: Mapping) -> None:
