@@ -618,22 +618,8 @@ def episodes_from_list(
         if isinstance(entry.ref, str) != by_name:
             raise EpisodeError(f"{entry.where}: mixes {'a position' if by_name else 'a file name'} into a list "
                                f"by {'file name' if by_name else 'position'}; use one kind of reference throughout")
-        if by_name:
-            try:
-                c, p = resolve(entry.ref)
-            except LookupError as exc:
-                raise EpisodeError(f"{entry.where}: {exc.args[0] if exc.args else exc}") from None
-            if entry.cls is not None and entry.cls != names[c]:
-                raise EpisodeError(f"{entry.where}: {entry.ref} is an image of class {names[c]}, not {entry.cls}; "
-                                   "fix the class or the file name")
-        else:
-            if entry.cls not in class_id:
-                raise EpisodeError(f"{entry.where}: class {entry.cls!r} is not one of the {len(names)} classes of "
-                                   f"{dataset}/{split} ({_few(names)})")
-            c, p = class_id[entry.cls], int(entry.ref)
-            if p >= sizes[c]:
-                raise EpisodeError(f"{entry.where}: position {p} is outside class {names[c]}'s {sizes[c]} images "
-                                   f"(0..{sizes[c] - 1})")
+        c, p = _resolve_name(entry, resolve, names) if by_name else \
+            _check_position(entry, class_id, names, sizes, f"{dataset}/{split}")
         first = seen.setdefault(entry.episode, {}).setdefault((c, p), entry)
         if first is not entry:
             what = "support and query must not share an image" if first.role != entry.role else \
@@ -642,6 +628,45 @@ def episodes_from_list(
                                f"{entry.episode} ({first.where}, {first.role}); {what}")
         slot = episodes.setdefault(entry.episode, {}).setdefault(c, {"support": [], "query": [], "where": entry.where})
         slot[entry.role].append(p)
+    N, K, Q = _check_shapes(episodes, names)
+    keys, E = list(episodes), len(episodes)
+    classes = np.array([list(episodes[k]) for k in keys], dtype=np.int64).reshape(E, N)
+    support = np.array([[episodes[k][c]["support"] for c in episodes[k]] for k in keys], dtype=np.int64)
+    query = np.array([[episodes[k][c]["query"] for c in episodes[k]] for k in keys], dtype=np.int64)
+    spec = EpisodeSpec(N, K, Q, E, 0)
+    eps = EpisodeSet(spec, dataset, split, names, sizes, classes, support.reshape(E, N, K), query.reshape(E, N, Q),
+                     data_fingerprint, None, dict(origin or {"file": where}, by="name" if by_name else "index"))
+    eps._validate()
+    return eps
+
+
+def _resolve_name(entry: ListEntry, resolve: Callable[[str], tuple[int, int]], names: tuple[str, ...]) -> tuple[int, int]:
+    """``(class id, position)`` of an entry given by file name, checked against the class it states."""
+    try:
+        c, p = resolve(entry.ref)
+    except LookupError as exc:
+        raise EpisodeError(f"{entry.where}: {exc.args[0] if exc.args else exc}") from None
+    if entry.cls is not None and entry.cls != names[c]:
+        raise EpisodeError(f"{entry.where}: {entry.ref} is an image of class {names[c]}, not {entry.cls}; "
+                           "fix the class or the file name")
+    return c, p
+
+
+def _check_position(entry: ListEntry, class_id: Mapping[str, int], names: tuple[str, ...],
+                    sizes: tuple[int, ...], where: str) -> tuple[int, int]:
+    """``(class id, position)`` of an entry given by class and position, both checked."""
+    if entry.cls not in class_id:
+        raise EpisodeError(f"{entry.where}: class {entry.cls!r} is not one of the {len(names)} classes of "
+                           f"{where} ({_few(names)})")
+    c, p = class_id[entry.cls], int(entry.ref)
+    if p >= sizes[c]:
+        raise EpisodeError(f"{entry.where}: position {p} is outside class {names[c]}'s {sizes[c]} images "
+                           f"(0..{sizes[c] - 1})")
+    return c, p
+
+
+def _check_shapes(episodes: Mapping[str, Mapping[int, Mapping[str, Any]]], names: tuple[str, ...]) -> tuple[int, int, int]:
+    """``(N, K, Q)`` shared by every episode and class (those of the first episode), else the row that differs."""
     keys = list(episodes)
     for key in keys:
         for c, slot in episodes[key].items():
@@ -665,15 +690,7 @@ def episodes_from_list(
                         f"{slot['where']}: episode {key}, class {names[c]} has {len(slot[role])} {role} images, "
                         f"but episode {keys[0]}'s classes have {want}; every class of every episode needs the same "
                         f"number ({what})")
-    E = len(keys)
-    classes = np.array([list(episodes[k]) for k in keys], dtype=np.int64).reshape(E, N)
-    support = np.array([[episodes[k][c]["support"] for c in episodes[k]] for k in keys], dtype=np.int64)
-    query = np.array([[episodes[k][c]["query"] for c in episodes[k]] for k in keys], dtype=np.int64)
-    spec = EpisodeSpec(N, K, Q, E, 0)
-    eps = EpisodeSet(spec, dataset, split, names, sizes, classes, support.reshape(E, N, K), query.reshape(E, N, Q),
-                     data_fingerprint, None, dict(origin or {"file": where}, by="name" if by_name else "index"))
-    eps._validate()
-    return eps
+    return N, K, Q
 
 
 def _few(items: Sequence[str], n: int = 5) -> str:
