@@ -88,11 +88,12 @@ def _parse_value(text: str) -> Any:
 
 
 def _method_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """``["logistic.C=0.5", "knn.k=3"]`` -> ``{"logistic": {"C": 0.5}, "knn": {"k": 3}}``."""
+    """``["logistic.C=0.5", "knn.k=3"]`` -> ``{"logistic": {"C": 0.5}, "knn": {"k": 3}}``; the name is
+    after the last dot, so a method given as a file (``my/head.py:Head.k=3``) keeps its path."""
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        method, dot, param = key.partition(".")
+        method, dot, param = key.rpartition(".")
         if not sep or not dot or not method or not param:
             raise ConfigError(f"--param {item!r} is not METHOD.NAME=VALUE, e.g. --param logistic.C=0.5")
         out.setdefault(method, {})[param] = _parse_value(value)

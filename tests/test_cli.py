@@ -384,3 +384,15 @@ def test_finetune_flag_errors_are_one_line(tmp_path, capsys, argv, fragment):
                str(tmp_path / "cache"), "--epochs", "1", "--batch-size", "4", *argv, "--out", str(tmp_path / "x.pt")])
     err = capsys.readouterr().err
     assert rc == 1 and fragment in err and err.count("\n") == 1, err
+
+
+def test_param_names_follow_the_last_dot_so_method_files_keep_their_paths():
+    from fewshot_bench.cli import _method_params
+
+    assert _method_params(["logistic.C=0.5", "knn.k=3", "knn.metric=cosine"]) == {
+        "logistic": {"C": 0.5}, "knn": {"k": 3, "metric": "cosine"}}
+    assert _method_params(["my/head.v2.py:Head.steps=2", "ridge:r2d2.alpha=50"]) == {
+        "my/head.v2.py:Head": {"steps": 2}, "ridge:r2d2": {"alpha": 50}}
+    for bad in (["knn"], ["knn.k"], [".k=3"], ["knn.=3"]):
+        with pytest.raises(Exception, match=r"is not METHOD\.NAME=VALUE"):
+            _method_params(bad)
