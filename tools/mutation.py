@@ -45,7 +45,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                  "tests/test_preprocess.py"]),
     "train": (["fewshot_bench/train/*"],
               ["tests/test_losses.py", "tests/test_losses_reference.py", "tests/test_train_loop.py",
-               "tests/test_finetune.py"]),
+               "tests/test_finetune.py", "tests/test_train_mutants.py", "tests/test_distributed.py"]),
     "features": (["fewshot_bench/features.py"], ["tests/test_features.py"]),
 }
 KILLED = {"killed", "timeout"}
