@@ -51,8 +51,9 @@ class CrammerSingerSVM(FewShotMethod):
     ``1 / lambda_max``), in float64, all episodes at once; the projection onto each sample's
     ``{sum = 0, alpha <= C e_{y_i}}`` is a simplex projection; every 5 iterations the current
     active set is polished (the equality-constrained QP on the free variables, solved exactly).
-    It stops when every episode's relative duality gap ``(P - D) / P <= tol`` (``P`` primal,
-    ``D`` dual objective) or after ``max_iter`` iterations (with a ``RuntimeWarning``).
+    Each episode stops when its relative duality gap ``(P - D) / P <= tol`` (``P`` primal,
+    ``D`` dual objective) and leaves the batch, so an episode's solution does not depend on its
+    batch; after ``max_iter`` iterations the rest stop too (with a ``RuntimeWarning``).
     MetaOptNet instead runs qpth's interior-point solver for a fixed number of iterations
     (``maxIter=15`` by default, 3 in their ``test.py``), an approximate solution; that truncation
     is not reproduced. MetaOptNet's learnt logit scale does not change the prediction; omitted.
@@ -66,6 +67,8 @@ class CrammerSingerSVM(FewShotMethod):
     description = "MetaOptNet head: Crammer-Singer multi-class linear SVM (dual, batched)"
     paper = "Lee et al., CVPR 2019, https://arxiv.org/abs/1904.03758"
     transductive = False
+    batch_invariant = True  # each episode stops at its own duality gap
+    cpu_batch_bytes = 1 << 25  # measured: 5-shot 1.0 s per 3,000 episodes at 32 MiB, 1.6 s at 4 MiB
     presets: ClassVar[dict[str, dict]] = {
         # the released MetaOptNet code: + 1.0 * I on the dual's block kernel
         "metaoptnet": {"C": 0.1, "dual_ridge": 1.0},
@@ -102,37 +105,53 @@ def crammer_singer_dual(
 
     ``gram (E, n, n)`` is ``X X^T``; ``labels (E, n)`` in 0..N-1; ``ridge`` is added to the Gram
     diagonal. Accelerated projected gradient (FISTA, step ``1 / lambda_max(gram + ridge I)`` per
-    episode, O'Donoghue & Candès's gradient restart), in float64, all episodes at once. Every 5
-    iterations the active set of the iterate is polished (:func:`_polish`, projected back onto
-    the constraints) and the polished point replaces the iterate where its dual objective is
-    lower; the loop stops once every episode's relative duality gap ``(primal - dual) / primal``
-    is ``<= tol`` or after ``max_iter`` iterations.
+    episode, O'Donoghue & Candès's gradient restart), in float64. Every 5 iterations the active set
+    of the iterate is polished (:func:`_polish`, projected back onto the constraints) and the
+    polished point replaces the iterate where its dual objective is lower; an episode stops once its
+    relative duality gap ``(primal - dual) / primal`` is ``<= tol`` (or after ``max_iter`` iterations)
+    and leaves the working set, so each episode is solved exactly as on its own.
     """
     n = labels.shape[1]
     kernel = gram.double() + ridge * torch.eye(n, dtype=torch.float64, device=gram.device)
     y = one_hot(labels, torch.float64)  # (E, n, N)
-    bound = C * y
     step = 1.0 / torch.linalg.eigvalsh(kernel)[:, -1].clamp_min(1e-300)[:, None, None]
-    alpha, ahead = torch.zeros_like(y), torch.zeros_like(y)
+    result, gaps = torch.zeros_like(y), torch.full(step.shape[:1], float("inf"), dtype=torch.float64,
+                                                    device=gram.device)
+    todo = torch.arange(len(y), device=gram.device)  # episodes still being solved
+    alpha = ahead = torch.zeros_like(y)
     momentum = torch.ones_like(step)
-    gap = torch.full(step.shape, float("inf"), dtype=torch.float64, device=gram.device)
     for it in range(1, max_iter + 1):
-        new = _project(ahead - step * (kernel @ ahead - y), bound)
-        t_next = (1 + torch.sqrt(1 + 4 * momentum.square())) / 2
-        moved = new - alpha
-        restart = ((ahead - new) * moved).sum((1, 2), keepdim=True) > 0  # the step went uphill
-        ahead = torch.where(restart, new, new + (momentum - 1) / t_next * moved)
-        momentum = torch.where(restart, torch.ones_like(t_next), t_next)
-        alpha = new
-        if it % 5 == 0 or it == max_iter:
-            polished = _project(_polish_in_chunks(kernel, y, alpha, bound), bound)
-            better = (_dual_objective(polished, kernel, y) < _dual_objective(alpha, kernel, y))[:, None, None]
-            alpha, ahead = torch.where(better, polished, alpha), torch.where(better, polished, ahead)
-            momentum = torch.where(better, torch.ones_like(momentum), momentum)
-            gap = _relative_gaps(alpha, kernel @ alpha, y, C)
-            if bool((gap <= tol).all()):
-                break
-    return alpha, float(gap.max())
+        alpha, ahead, momentum = _fista_step(kernel, y, C * y, step, alpha, ahead, momentum)
+        if it % 5 and it != max_iter:
+            continue
+        alpha, ahead, momentum = _polish_step(kernel, y, C * y, alpha, ahead, momentum)
+        gap = _relative_gaps(alpha, kernel @ alpha, y, C)
+        done = (gap <= tol) | (it == max_iter)
+        result[todo[done]], gaps[todo[done]] = alpha[done], gap[done]
+        if bool(done.all()):
+            break
+        keep = ~done
+        todo, kernel, y, step, alpha, ahead, momentum = (
+            t[keep] for t in (todo, kernel, y, step, alpha, ahead, momentum))
+    return result, float(gaps.max()) if len(gaps) else 0.0
+
+
+def _fista_step(kernel, y, bound, step, alpha, ahead, momentum):
+    """One projected gradient step from ``ahead`` with Nesterov momentum and gradient restart."""
+    new = _project(ahead - step * (kernel @ ahead - y), bound)
+    t_next = (1 + torch.sqrt(1 + 4 * momentum.square())) / 2
+    moved = new - alpha
+    restart = ((ahead - new) * moved).sum((1, 2), keepdim=True) > 0  # the step went uphill
+    ahead = torch.where(restart, new, new + (momentum - 1) / t_next * moved)
+    return new, ahead, torch.where(restart, torch.ones_like(t_next), t_next)
+
+
+def _polish_step(kernel, y, bound, alpha, ahead, momentum):
+    """Replace the iterate by its polished point (momentum reset) where that lowers the objective."""
+    polished = _project(_polish_in_chunks(kernel, y, alpha, bound), bound)
+    better = (_dual_objective(polished, kernel, y) < _dual_objective(alpha, kernel, y))[:, None, None]
+    return (torch.where(better, polished, alpha), torch.where(better, polished, ahead),
+            torch.where(better, torch.ones_like(momentum), momentum))
 
 
 def _dual_objective(alpha: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
