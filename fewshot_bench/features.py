@@ -314,7 +314,7 @@ def get_features(
         if cached is not None:
             return cached
         feats, run_info = _compute(
-            checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
+            checkpoint, arch, split, transform, seed, arch_kwargs, device, amp, batch_size, progress,
             allow_partial=allow_partial,
         )
         _check_finite(feats, checkpoint, arch, split, seed)
@@ -322,17 +322,18 @@ def get_features(
         return _load_entry(entry, key, n_rows, verify=False)
 
 
-def _load_or_discard(entry: Path, key: str, n_rows: int, verify: bool, *, locked: bool) -> np.ndarray | None:
+def _load_or_discard(entry: Path, key: str, n_rows: int, verify: bool, *, locked: bool,
+                     stacklevel: int = 3) -> np.ndarray | None:
     """The cached array of ``entry``, or None. Without the lock (``locked=False``) only a complete
     entry is read and any problem is left for the locked retry (another process may be replacing
-    it); with it, a corrupt entry is removed with a warning."""
+    it); with it, a corrupt entry is removed with a warning (``stacklevel``: at get_features' caller)."""
     if not (entry / "meta.json" if not locked else entry).exists():
         return None
     try:
         return _load_entry(entry, key, n_rows, verify=verify)
     except CacheError as exc:
         if locked:
-            warnings.warn(f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=stacklevel)
             discard(entry)
         return None
 
@@ -356,8 +357,8 @@ def _write_entry(key: str, entry: Path, feats: np.ndarray, fields: Mapping, chec
 
 
 def _compute(
-    checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size, progress,
-    rows: tuple[int, int] | None = None, allow_partial: bool = False,
+    checkpoint, arch, split, transform, seed, arch_kwargs, device, amp, batch_size, progress, *,
+    allow_partial: bool, rows: tuple[int, int] | None = None,
 ):
     """Build the backbone (seeded; checkpoint loaded strictly), extract rows ``[lo, hi)`` (all by default).
 
@@ -402,33 +403,24 @@ def _check_finite(feats: np.ndarray, checkpoint, arch: str, split: Any, seed: in
 
 def _get_features_sharded(checkpoint, arch, split, transform, fields, key, entry, n_rows, *, seed,
                           arch_kwargs, device, amp, batch_size, progress, verify,
-                          allow_partial=False) -> np.ndarray:
+                          allow_partial: bool) -> np.ndarray:
     """:func:`get_features` as a collective over the default process group (see the module doc)."""
     info = D.get_info()
     rank, world = info.rank, info.world_size
     found: np.ndarray | None = None
     with contextlib.ExitStack() as locked:
         if rank == 0:
-            if (entry / "meta.json").exists():
-                with contextlib.suppress(CacheError):
-                    found = _load_entry(entry, key, n_rows, verify=verify)
+            found = _load_or_discard(entry, key, n_rows, verify, locked=False)
             if found is None:
                 locked.enter_context(entry_lock(entry))
-                if entry.exists():
-                    try:
-                        found = _load_entry(entry, key, n_rows, verify=verify)
-                    except CacheError as exc:
-                        warnings.warn(
-                            f"feature cache entry is corrupt, rebuilding: {exc}", RuntimeWarning, stacklevel=3
-                        )
-                        discard(entry)
+                found = _load_or_discard(entry, key, n_rows, verify, locked=True, stacklevel=4)
         if not D.broadcast_flag(found is not None):
             shard = lambda r: D.batch_shard(n_rows, int(batch_size), r, world)  # noqa: E731
             error: BaseException | None = None
             local, run_info = None, {}
             try:
                 local, run_info = _compute(
-                    checkpoint, arch, split, transform, fields, seed, arch_kwargs, device, amp, batch_size,
+                    checkpoint, arch, split, transform, seed, arch_kwargs, device, amp, batch_size,
                     progress and rank == 0, rows=shard(rank), allow_partial=allow_partial,
                 )
             except Exception as exc:  # every rank must learn of it, or the others wait forever

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+import sys
 import threading
 import types
 import warnings
@@ -861,3 +864,301 @@ def test_allow_partial_reaches_the_checkpoint_loader(tmp_path, monkeypatch):
     _as_rank(monkeypatch, 0, shards={1: good[10:]})
     features(tmp_path / "sharded", split, checkpoint=ck, allow_partial=True)
     assert seen == [False, True, True]
+
+
+# ==================================================================================== survivors of mutation testing
+# Each test below fails on at least one mutant of features.py that the tests above let live.
+class Probe(torch.nn.Module):
+    """No parameters; records ``to()`` targets and, per batch, (rows, autocast on CPU, its dtype)."""
+
+    def __init__(self, events=None):
+        super().__init__()
+        self.moved, self.calls = [], []
+        self.events = [] if events is None else events
+
+    def to(self, *args, **kwargs):
+        self.moved.append(args)
+        return super().to(*args, **kwargs)
+
+    def forward(self, x):
+        on = torch.is_autocast_enabled("cpu")
+        self.calls.append((x.shape[0], on, torch.get_autocast_dtype("cpu") if on else None))
+        self.events.append(("forward", x.dtype, tuple(x.shape)))
+        return x.mean(dim=(2, 3))
+
+
+def test_default_batch_size_is_256(tmp_path, monkeypatch):
+    split = make_split(n=257, size=2)
+    model = Recorder()
+    extract_features(model, split.images, "unit", progress=False)
+    assert [c[0] for c in model.calls] == [256, 1]
+    model = Recorder()
+    monkeypatch.setattr(F, "create_backbone", lambda arch, **kw: model)
+    get_features(None, "conv4", split, "unit", cache_dir=tmp_path, progress=False)
+    assert [c[0] for c in model.calls] == [256, 1]
+
+
+def test_progress_is_on_by_default_with_its_description_and_unit(tmp_path, capsys):
+    split = make_split(n=8, size=16)
+    extract_features(Recorder(), split.images, "unit")
+    err = capsys.readouterr().err
+    assert re.search(r"(^|\r)features: +0%\|", err) and "| 0/8 [00:00<?, ?img/s]" in err
+    get_features(None, "conv4", split, "unit", cache_dir=tmp_path, arch_kwargs=ARCH_KW)
+    err = capsys.readouterr().err
+    assert re.search(r"(^|\r)toy/test: +0%\|", err) and "| 0/8 [00:00<?, ?img/s]" in err
+
+
+def test_extract_features_uses_the_device_it_is_given(monkeypatch):
+    images = make_split(n=4, size=2).images
+    with pytest.raises(ConfigError, match=exact("--device 'gpu' is not a device; use cpu, cuda or cuda:N")):
+        extract_features(Probe(), images, "unit", device="gpu", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA host: the default would be cuda
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: pytest.fail("CUDA asked for on --device cpu"))
+    model = Probe()
+    out = extract_features(model, images, "unit", device="cpu", progress=False)
+    assert model.moved == [(torch.device("cpu"),)] and out.shape == (4, 3)
+
+
+def test_cuda_batches_are_pinned_then_copied_without_blocking_then_transformed(monkeypatch):
+    """No GPU needed: torch's pin/copy are replaced by recorders (the model has no parameters to move)."""
+    events = []
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            events.append(("to", args, kwargs))
+            return self
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: events.append(("pin", self.dtype)) or self)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    model = Probe(events)
+    images = make_split(n=4, size=2).images
+    out = extract_features(model, images, "unit", device="cuda:0", amp="off", batch_size=3, progress=False)
+    cuda0 = torch.device("cuda", 0)
+    per_batch = [("pin", torch.uint8), ("to", (cuda0,), {"non_blocking": True})]
+    assert events == [*per_batch, ("forward", torch.float32, (3, 3, 2, 2)),
+                      *per_batch, ("forward", torch.float32, (1, 3, 2, 2))]
+    assert model.moved == [(cuda0,)]
+    np.testing.assert_allclose(out, images.astype(np.float32).mean(axis=(1, 2)) / 255, rtol=1e-6)
+
+
+@pytest.mark.parametrize("amp, want", [("fp16", (True, torch.float16)), ("bf16", (True, torch.bfloat16)),
+                                       ("off", (False, None)), (None, (False, None))])
+def test_autocast_runs_in_the_dtype_asked_for(amp, want):
+    model = Probe()
+    extract_features(model, make_split(n=4, size=2).images, "unit", device="cpu", amp=amp, progress=False)
+    assert model.calls == [(4, *want)]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("amp, want", [("fp16", (True, torch.float16)), ("off", (False, None))])
+def test_get_features_extracts_with_the_amp_it_records(tmp_path, monkeypatch, world, amp, want):
+    split = make_split()
+    model = Probe()
+    monkeypatch.setattr(F, "create_backbone", lambda arch, **kw: model)
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={1: np.zeros((14, 3), dtype=np.float32)})
+    features(tmp_path, split, amp=amp)
+    assert model.calls == [(rows, *want) for rows in ([10, 10, 4] if world == 1 else [10])]
+    meta = json.loads((entry_dir(tmp_path, split) / "meta.json").read_text())
+    assert meta["amp"] == (None if amp == "off" else "float16") and meta["device"] == "cpu"
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_cpu_device_on_a_cuda_host_never_touches_cuda(tmp_path, monkeypatch, world):
+    """--device cpu where CUDA (2 GPUs) is available: extraction, seeding and RNG forking stay on the CPU."""
+    split = make_split()
+    want = np.array(features(tmp_path / "plain", split))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for name in ("current_device", "get_rng_state", "set_rng_state", "init"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _n=name, **k: pytest.fail(f"torch.cuda.{_n} called"))
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={1: want[10:]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. fork_rng's "you have 2 available devices"
+        out = features(tmp_path, split, device="cpu")
+    assert np.array_equal(np.asarray(out), want)
+    assert json.loads((entry_dir(tmp_path, split) / "meta.json").read_text())["device"] == "cpu"
+
+
+def test_side_of_a_size_keeping_transform_is_the_image_height(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(F, "create_backbone", lambda arch, **kw: seen.append(kw) or Recorder())
+    split = make_split(n=4)
+    split.images = np.zeros((4, 12, 20, 3), dtype=np.uint8)
+    get_features(None, "conv4", split, "unit", cache_dir=tmp_path, progress=False)
+    assert seen == [{"image_size": 12}]
+
+
+def _tamper(entry, value=1234.5):
+    """Change the last float of features.npy, keeping its size and header (only the checksum can tell)."""
+    npy = entry / "features.npy"
+    data = bytearray(npy.read_bytes())
+    data[-4:] = np.float32(value).tobytes()
+    npy.write_bytes(bytes(data))
+
+
+def _no_build(monkeypatch):
+    monkeypatch.setattr(F, "create_backbone", lambda *a, **k: pytest.fail("backbone built"))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_unverified_hit_reads_the_entry_as_is_without_lock_or_hash(tmp_path, monkeypatch, world):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    _tamper(entry_dir(tmp_path, split))
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={})
+    _no_build(monkeypatch)
+    monkeypatch.setattr(F, "entry_lock", lambda e: pytest.fail("lock taken on a hit"))
+    monkeypatch.setattr(F, "sha256_file", lambda p: pytest.fail(f"{p} hashed with verify=False"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = np.asarray(features(tmp_path, split, verify=False))
+    assert out[-1, -1] == 1234.5 and np.array_equal(out[:-1], good[:-1])
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_verified_hit_with_a_wrong_checksum_is_rebuilt(tmp_path, monkeypatch, world):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    entry = entry_dir(tmp_path, split)
+    _tamper(entry)
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={1: good[10:]})
+    with pytest.warns(RuntimeWarning, match=exact(f"feature cache entry is corrupt, rebuilding: {entry}: features.npy "
+                                                  "checksum mismatch (corrupt or truncated)")):
+        out = features(tmp_path, split)
+    assert np.array_equal(np.asarray(out), good)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("tampered, verify", [(False, True), (False, False), (True, True), (True, False)])
+def test_entry_written_by_another_process_while_waiting_for_the_lock(tmp_path, monkeypatch, world, tampered, verify):
+    """No entry at the first look; another process completes it before this one gets the lock."""
+    split = make_split()
+    good = np.array(features(tmp_path / "other", split))
+    theirs = entry_dir(tmp_path / "other", split)
+    if tampered:
+        _tamper(theirs)
+    real_lock = F.entry_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_other_process(entry):
+        shutil.copytree(theirs, entry)
+        with real_lock(entry):
+            yield
+
+    monkeypatch.setattr(F, "entry_lock", lock_after_the_other_process)
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={1: good[10:]})
+    if tampered and verify:  # its checksum is checked under the lock too: rebuilt
+        with pytest.warns(RuntimeWarning, match="checksum mismatch"):
+            out = np.asarray(features(tmp_path, split))
+        assert np.array_equal(out, good)
+        return
+    _no_build(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = np.asarray(features(tmp_path, split, verify=verify))
+    assert np.array_equal(out[:-1], good[:-1]) and out[-1, -1] == (1234.5 if tampered else good[-1, -1])
+
+
+@pytest.mark.parametrize("world, rank", [(1, 0), (2, 0), (2, 1)])
+def test_a_written_entry_is_read_back_without_hashing_it_again(tmp_path, monkeypatch, world, rank):
+    split = make_split()
+    good = np.array(features(tmp_path / "single", split))
+    if rank == 1:  # the entry rank 0 wrote meanwhile
+        shutil.copytree(entry_dir(tmp_path / "single", split), entry_dir(tmp_path, split))
+    if world == 2:
+        _as_rank(monkeypatch, rank, shards={1: good[10:]} if rank == 0 else {})
+    hashed = []
+    real = F.sha256_file
+    monkeypatch.setattr(F, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    out = features(tmp_path, split)
+    assert np.array_equal(np.asarray(out), good)
+    assert hashed == ([] if rank == 1 else ["features.npy"])  # rank 0 / one process: once, for meta.json
+
+
+class NaNs(torch.nn.Module):
+    def forward(self, x):
+        return torch.full((len(x), 2), float("nan"))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_non_finite_features_of_a_random_init_name_its_seed(tmp_path, monkeypatch, world):
+    split = make_split()
+    monkeypatch.setattr(F, "create_backbone", lambda arch, **kw: NaNs())
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={1: np.full((14, 2), np.nan, dtype=np.float32)})
+    with pytest.raises(CheckpointError, match=exact(
+            "checkpoint random-init:3 (--arch conv4) gives NaN/Inf features for 24 of 24 toy/test images; the weights "
+            "may have diverged, or the transform is wrong")):
+        features(tmp_path, split, seed=3)
+    assert [p.name for p in (tmp_path / "features").iterdir()] == [".locks"]
+
+
+def test_sharded_non_finite_features_name_the_checkpoint_and_arch(tmp_path, monkeypatch):
+    split = make_split()
+    ck = save_checkpoint(tmp_path / "c4.pt", create_backbone("conv4", image_size=32, hidden=8), {})
+    _as_rank(monkeypatch, 0, shards={1: np.full((14, 32), np.inf, dtype=np.float32)})
+    with pytest.raises(CheckpointError, match=exact(
+            f"checkpoint {ck} (--arch conv4) gives NaN/Inf features for 14 of 24 toy/test images; the weights "
+            "may have diverged, or the transform is wrong")):
+        features(tmp_path, split, checkpoint=ck)
+
+
+def test_sharded_entry_has_the_single_process_meta_plus_world_size(tmp_path, monkeypatch):
+    split = make_split()
+    torch.manual_seed(3)
+    ck = save_checkpoint(tmp_path / "c4.pt", create_backbone("conv4", image_size=32, hidden=8), {})
+    good = np.array(features(tmp_path / "single", split, checkpoint=ck))
+    single = json.loads((entry_dir(tmp_path / "single", split, ck) / "meta.json").read_text())
+    _as_rank(monkeypatch, 0, shards={1: good[10:]})
+    features(tmp_path, split, checkpoint=ck)
+    meta = json.loads((entry_dir(tmp_path, split, ck) / "meta.json").read_text())
+    del meta["created"], single["created"]
+    assert meta == {**single, "world_size": 2} and meta["checkpoint_path"] == str(ck) and "loaded" in meta["load_report"]
+
+
+# Under mutmut each call passes through its trampoline: those frames are not counted, so the site is the one a
+# plain run reports (warnings.warn is wrapped; the warning itself is still issued).
+_TRAMPOLINE = os.path.join("mutmut", "mutation", "trampoline.py")
+
+
+@pytest.fixture
+def warning_sites(monkeypatch):
+    sites, real = [], warnings.warn
+
+    def warn(message, category=None, stacklevel=1, **kw):
+        frame = sys._getframe(1)
+        for _ in range(stacklevel - 1):
+            frame = frame.f_back
+            while frame.f_code.co_filename.endswith(_TRAMPOLINE):
+                frame = frame.f_back
+        sites.append((str(message), frame.f_code.co_filename, frame.f_lineno))
+        real(message, category, stacklevel + 1, **kw)
+
+    monkeypatch.setattr(warnings, "warn", warn)
+    return sites
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_corrupt_entry_warns_at_the_line_that_called_get_features(tmp_path, monkeypatch, warning_sites, world):
+    split = make_split()
+    good = np.array(features(tmp_path, split))
+    entry = entry_dir(tmp_path, split)
+    (entry / "features.npy").write_bytes(b"x")
+    if world == 2:
+        _as_rank(monkeypatch, 0, shards={1: good[10:]})
+    kw = {"cache_dir": tmp_path, "progress": False, "batch_size": 10, "arch_kwargs": ARCH_KW}
+    with pytest.warns(RuntimeWarning) as record:
+        line = sys._getframe().f_lineno + 1
+        get_features(None, "conv4", split, "metaoptnet-cifar", **kw)
+    message = f"feature cache entry is corrupt, rebuilding: {entry}: features.npy checksum mismatch (corrupt or truncated)"
+    assert [s for s in warning_sites if s[0].startswith("feature cache")] == [(message, __file__, line)]
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        assert [(str(r.message), r.filename, r.lineno) for r in record] == [(message, __file__, line)]
