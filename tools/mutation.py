@@ -43,7 +43,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "methods": (["fewshot_bench/methods/*", "fewshot_bench/preprocess.py"],
                 ["tests/test_methods.py", "tests/test_methods_reference.py", "tests/test_methods_faithful.py",
                  "tests/test_methods_transductive.py", "tests/test_methods_transductive_grad.py",
-                 "tests/test_preprocess.py"]),
+                 "tests/test_preprocess.py", "tests/test_methods_mutants.py"]),
     "train": (["fewshot_bench/train/*"],
               ["tests/test_losses.py", "tests/test_losses_reference.py", "tests/test_train_loop.py",
                "tests/test_finetune.py", "tests/test_train_mutants.py", "tests/test_distributed.py"]),
