@@ -349,3 +349,24 @@ def test_base_mean_of_a_chain_with_a_power_step_is_computed_in_float64():
     np.testing.assert_allclose(ours, want, rtol=1e-14, atol=0)
     in_float32 = ((base + np.float32(1e-6)) ** np.float32(0.5)).astype(np.float64).mean(0)
     assert np.abs(in_float32 - want).max() > 1e-12  # float32 arithmetic would show
+
+
+def test_every_argument_is_named_in_its_type_and_dtype_errors():
+    support, labels, query, _ = episodes(1, 2, 1, 1, 3, 1.0, seed=11)
+    head = create("protonet")
+    with pytest.raises(MethodError, match=r"^support_labels must be a torch tensor or numpy array, got object: "):
+        head.scores(support, object(), query)
+    with pytest.raises(MethodError, match=r"^query must hold floating-point features, got dtype torch\.int64$"):
+        head.scores(support, labels, query.long())
+    with pytest.raises(MethodError, match=r"^support must hold floating-point features, got dtype torch\.int64$"):
+        head.scores(support.long(), labels, query)
+    # floating point, but not a dtype the heads compute in
+    with pytest.raises(MethodError, match=r"^query must hold floating-point features, got dtype torch\.float8_e4m3fn$"):
+        head.scores(support, labels, query.to(torch.float8_e4m3fn))
+
+
+def test_a_bad_chain_names_preprocessing_by_default():
+    with pytest.raises(MethodError, match=r"^preprocessing 'l3n': unknown step 'l3n'; use "):
+        parse_preprocessing("l3n")
+    with pytest.raises(MethodError, match=r"^--preprocess 'l3n': unknown step 'l3n'; use "):
+        parse_preprocessing("l3n", what="--preprocess")
