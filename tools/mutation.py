@@ -38,7 +38,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "stats": (["fewshot_bench/stats.py"], ["tests/test_stats.py"]),
     "report": (["fewshot_bench/report.py"],
                ["tests/test_report.py", "tests/test_report_seeds.py", "tests/test_report_table.py",
-                "tests/test_report_mutants.py"]),
+                "tests/test_report_mutants.py", "tests/test_report_golden.py"]),
     "episodes": (["fewshot_bench/episodes.py"], ["tests/test_episodes.py", "tests/test_cli_episodes.py"]),
     "methods": (["fewshot_bench/methods/*", "fewshot_bench/preprocess.py"],
                 ["tests/test_methods.py", "tests/test_methods_reference.py", "tests/test_methods_faithful.py",
