@@ -334,8 +334,13 @@ def _read_per_episode(csv_path: Path, results: dict[Key, dict]) -> tuple[dict, d
                 f"{csv_path}: {len(g)} rows for {_key_text(key)} but summary.json says "
                 f"{r['n_episodes']} episodes; the run folder is incomplete, re-run eval"
             )
+        index = g["episode"].to_numpy(np.int64)
+        if len(np.unique(index)) != len(index):  # pairing by episode index would depend on row order
+            twice = int(index[np.flatnonzero(np.diff(index) == 0)[0]])
+            raise DataError(f"{csv_path}: episode {twice} is listed twice for {_key_text(key)}; "
+                            "the file is damaged, re-run eval")
         accuracies[key] = g["accuracy"].to_numpy(np.float64)
-        episodes[key] = g["episode"].to_numpy(np.int64)
+        episodes[key] = index
     return accuracies, episodes
 
 
@@ -1810,6 +1815,8 @@ def _long_output(tidy: pd.DataFrame, t: _Table, fmt: str, caption: str) -> str:
              if isinstance(v, list) else v) for k, v in rec.items()}
         for rec in records
     ], columns=list(_LONG_COLUMNS))
+    for col in ("ways", "shots", "queries", "n_episodes", "n_seeds"):  # None for published rows: keep 15, not 15.0
+        flat[col] = flat[col].astype("Int64")
     return flat.to_csv(index=False, lineterminator="\n") + "# " + caption + "\n"
 
 

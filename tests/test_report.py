@@ -107,6 +107,20 @@ def test_load_run_truncated_csv(tmp_path):
         report.load_run(run)
 
 
+def test_load_run_refuses_an_episode_listed_twice(tmp_path):
+    """Episodes are paired by index across runs: a duplicated index would pair by row order."""
+    run = make_run(tmp_path / "r", {("cifar-fs", 1, "protonet"): [0.5, 0.6, 0.7]})
+    lines = (run / "per_episode.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    episode = header.split(",").index("episode")
+    cells = rows[2].split(",")
+    cells[episode] = rows[1].split(",")[episode]  # the third row claims the second row's episode
+    (run / "per_episode.csv").write_text("\n".join([header, rows[0], rows[1], ",".join(cells)]) + "\n")
+    with pytest.raises(DataError, match=r"per_episode\.csv: episode 1 is listed twice for cifar-fs test 5-way "
+                                        r"1-shot 15-query protonet; the file is damaged, re-run eval$"):
+        report.load_run(run)
+
+
 # ---------------------------------------------------------------- runs_frame
 
 
