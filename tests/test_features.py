@@ -1125,26 +1125,8 @@ def test_sharded_entry_has_the_single_process_meta_plus_world_size(tmp_path, mon
     assert meta == {**single, "world_size": 2} and meta["checkpoint_path"] == str(ck) and "loaded" in meta["load_report"]
 
 
-# Under mutmut each call passes through its trampoline: those frames are not counted, so the site is the one a
-# plain run reports (warnings.warn is wrapped; the warning itself is still issued).
-_TRAMPOLINE = os.path.join("mutmut", "mutation", "trampoline.py")
 
 
-@pytest.fixture
-def warning_sites(monkeypatch):
-    sites, real = [], warnings.warn
-
-    def warn(message, category=None, stacklevel=1, **kw):
-        frame = sys._getframe(1)
-        for _ in range(stacklevel - 1):
-            frame = frame.f_back
-            while frame.f_code.co_filename.endswith(_TRAMPOLINE):
-                frame = frame.f_back
-        sites.append((str(message), frame.f_code.co_filename, frame.f_lineno))
-        real(message, category, stacklevel + 1, **kw)
-
-    monkeypatch.setattr(warnings, "warn", warn)
-    return sites
 
 
 @pytest.mark.parametrize("world", [1, 2])

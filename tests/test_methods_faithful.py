@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 import torch
 from method_episodes import episodes
-from threadpoolctl import threadpool_limits
 
 from fewshot_bench.backbones import create_backbone, save_checkpoint
 from fewshot_bench.cli import main
@@ -30,14 +29,8 @@ svm_module = pytest.importorskip("sklearn.svm")
 neighbors = pytest.importorskip("sklearn.neighbors")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny batched solves run several times faster without BLAS / torch threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unit(v: list[float]) -> list[float]:

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from method_episodes import episodes
-from threadpoolctl import threadpool_limits
 
 from fewshot_bench.errors import MethodError
 from fewshot_bench.methods import create
@@ -28,35 +27,12 @@ from fewshot_bench.methods.svm import _fista_step, _relative_gaps, crammer_singe
 from fewshot_bench.preprocess import parse_preprocessing
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
-_TRAMPOLINE = os.path.join("mutmut", "mutation", "trampoline.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny solves run faster without BLAS / torch threads on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def warning_sites(monkeypatch):
-    """(message, file, line) each ``warnings.warn`` points at, stepping over mutmut's trampoline frames."""
-    sites, real = [], warnings.warn
-
-    def warn(message, category=None, stacklevel=1, **kw):
-        frame = sys._getframe(1)
-        for _ in range(stacklevel - 1):
-            frame = frame.f_back
-            while frame.f_code.co_filename.endswith(_TRAMPOLINE):
-                frame = frame.f_back
-        sites.append((str(message), frame.f_code.co_filename, frame.f_lineno))
-        real(message, category, stacklevel + 1, **kw)
-
-    monkeypatch.setattr(warnings, "warn", warn)
-    return sites
 
 
 # -- literal references ----------------------------------------------------------------------------
