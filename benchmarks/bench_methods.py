@@ -65,6 +65,7 @@ from _common import command_line, timed
 from threadpoolctl import threadpool_limits
 
 from fewshot_bench import methods
+from fewshot_bench.evaluate import default_batch_episodes
 
 WARMUP_EPISODES = 4
 
@@ -213,13 +214,6 @@ HEADS = (
 )
 
 
-def evaluator_batch(method: methods.FewShotMethod, rows_per_episode: int, dim: int, device) -> int:
-    """Episodes per ``scores`` call as ``evaluate_rows`` picks them for ``method`` (float32 features)."""
-    from fewshot_bench.evaluate import default_batch_episodes
-
-    return default_batch_episodes(method, rows_per_episode, dim, device)
-
-
 def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarray, shots: int):
     """Time every implementation on one shot count; returns table rows and target checks."""
     s_rows, q_rows = sample_episodes(labels, args.episodes, args.ways, shots, args.queries, args.seed + shots)
@@ -257,7 +251,7 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
         if head not in args.heads:
             continue
         s, q = (support, query) if transform is None else (transform(support), transform(query))
-        batch = args.batch_episodes or evaluator_batch(ours, s.shape[1] + q.shape[1], s.shape[2], feats.device)
+        batch = args.batch_episodes or default_batch_episodes(ours, s.shape[1] + q.shape[1], s.shape[2], feats.device)
         t_ours, p_ours = ours_timed(ours.scores, s, q, batch)
         rows.append(row(head, f"fewshot_bench (batched, {batch} episodes per call)", t_ours, p_ours))
         if head == "protonet":

@@ -41,12 +41,12 @@ def default_batch_episodes(method: Any, rows_per_episode: int, dim: int, device:
     ~256 MiB of features; for a ``batch_invariant`` head ~4 MiB on the CPU (or its ``cpu_batch_bytes``)
     and ~32 MiB on CUDA.
     """
-    if getattr(method, "batch_invariant", False):
-        cpu = torch.device(device).type == "cpu"
-        budget = (getattr(method, "cpu_batch_bytes", None) or _INVARIANT_BATCH_BYTES["cpu"]) if cpu else (
-            _INVARIANT_BATCH_BYTES["cuda"])
-    else:
+    if not getattr(method, "batch_invariant", False):
         budget = _BATCH_BYTES
+    elif torch.device(device).type == "cpu":
+        budget = getattr(method, "cpu_batch_bytes", None) or _INVARIANT_BATCH_BYTES["cpu"]
+    else:
+        budget = _INVARIANT_BATCH_BYTES["cuda"]
     return episode_batch_size(rows_per_episode, dim, budget=budget)
 
 

@@ -334,10 +334,10 @@ def _read_per_episode(csv_path: Path, results: dict[Key, dict]) -> tuple[dict, d
                 f"{csv_path}: {len(g)} rows for {_key_text(key)} but summary.json says "
                 f"{r['n_episodes']} episodes; the run folder is incomplete, re-run eval"
             )
-        index = g["episode"].to_numpy(np.int64)
-        if len(np.unique(index)) != len(index):  # pairing by episode index would depend on row order
-            twice = int(index[np.flatnonzero(np.diff(index) == 0)[0]])
-            raise DataError(f"{csv_path}: episode {twice} is listed twice for {_key_text(key)}; "
+        index = g["episode"].to_numpy(np.int64)  # sorted
+        repeated = np.flatnonzero(np.diff(index) == 0)  # pairing by episode index would follow row order
+        if len(repeated):
+            raise DataError(f"{csv_path}: episode {index[repeated[0]]} is listed twice for {_key_text(key)}; "
                             "the file is damaged, re-run eval")
         accuracies[key] = g["accuracy"].to_numpy(np.float64)
         episodes[key] = index

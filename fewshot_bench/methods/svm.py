@@ -114,6 +114,7 @@ def crammer_singer_dual(
     n = labels.shape[1]
     kernel = gram.double() + ridge * torch.eye(n, dtype=torch.float64, device=gram.device)
     y = one_hot(labels, torch.float64)  # (E, n, N)
+    bound = C * y
     step = 1.0 / torch.linalg.eigvalsh(kernel)[:, -1].clamp_min(1e-300)[:, None, None]
     result, gaps = torch.zeros_like(y), torch.full(step.shape[:1], float("inf"), dtype=torch.float64,
                                                     device=gram.device)
@@ -121,18 +122,18 @@ def crammer_singer_dual(
     alpha = ahead = torch.zeros_like(y)
     momentum = torch.ones_like(step)
     for it in range(1, max_iter + 1):
-        alpha, ahead, momentum = _fista_step(kernel, y, C * y, step, alpha, ahead, momentum)
+        alpha, ahead, momentum = _fista_step(kernel, y, bound, step, alpha, ahead, momentum)
         if it % 5 and it != max_iter:
             continue
-        alpha, ahead, momentum = _polish_step(kernel, y, C * y, alpha, ahead, momentum)
+        alpha, ahead, momentum = _polish_step(kernel, y, bound, alpha, ahead, momentum)
         gap = _relative_gaps(alpha, kernel @ alpha, y, C)
         done = (gap <= tol) | (it == max_iter)
         result[todo[done]], gaps[todo[done]] = alpha[done], gap[done]
         if bool(done.all()):
             break
         keep = ~done
-        todo, kernel, y, step, alpha, ahead, momentum = (
-            t[keep] for t in (todo, kernel, y, step, alpha, ahead, momentum))
+        todo, kernel, y, bound, step, alpha, ahead, momentum = (
+            t[keep] for t in (todo, kernel, y, bound, step, alpha, ahead, momentum))
     return result, float(gaps.max()) if len(gaps) else 0.0
 
 
