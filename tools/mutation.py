@@ -12,11 +12,14 @@ runs only its test files; ``mutmut run`` (mutmut 3: it runs, per mutant, only th
 the mutated function) then works there. The copy is kept, so a rerun only retests what changed.
 
 Score = killed (a test failed, or it timed out) / (all mutants - judged equivalent). Mutants
-that no test reaches count as survivors. With ``--sample N`` only N mutants, drawn at random (seeded by
-``--seed``) from all of the target's, are run, and the score is estimated on them, with a Clopper-Pearson
-95 % interval (random mutant sampling: modules with thousands of mutants, and integration tests of
-seconds each, would take hours on two cores otherwise). Equivalent mutants are listed with a one-line reason in
-``tools/mutation_equivalent.toml`` (``"<mutant name>" = "why no test can tell them apart"``).
+that no test reaches count as survivors. Whole runs of modules with thousands of mutants and integration
+tests of seconds each take hours on two cores, so ``--sample N`` estimates the score by stratified
+sampling: every mutant already run in ``.mutation/<target>/`` is a census stratum (its survivors are
+retested: new tests may kill them), and the mutants never run are the other stratum, estimated from a
+random sample of N of them (seeded by ``--seed``). Score = (killed in the census + unrun x sampled kill
+rate) / all, with the sample's Clopper-Pearson 95 % interval scaled the same way. Equivalent mutants are
+listed with a one-line reason in ``tools/mutation_equivalent.toml`` (``"<mutant name>" = "why no test can
+tell them apart"``).
 """
 
 from __future__ import annotations
@@ -75,29 +78,36 @@ def prepare(target: str) -> Path:
     return dest
 
 
-def run(target: str, max_children: int, sample: int | None = None, seed: int = 0) -> dict[str, str]:
-    """Run mutmut for ``target`` (all mutants, or a seeded random ``sample`` of them); return
-    ``{mutant name: status}`` for the mutants run.
+def run(target: str, max_children: int, equivalent: dict[str, str], sample: int | None = None,
+        seed: int = 0) -> tuple[dict[str, str], dict[str, str], int]:
+    """Run mutmut for ``target``; return ``(census, sampled, unrun)``: ``{mutant name: status}`` of every
+    mutant run (all of them without ``sample``), of the random sample of never-run mutants, and how many
+    never-run mutants (not judged equivalent) that sample stands for.
 
     mutmut retests a mutant only when its function changed, so survivors of an earlier run are
     retested by name afterwards: new tests may kill them.
     """
     dest = prepare(target)
-    if sample is not None:
-        if not (dest / "mutants").exists():  # generate the mutants (and the test stats) without running them
-            _mutmut(dest, max_children, ["no-such-mutant-only-generate"])
-        status = _results(dest)
-        names = set(random.Random(seed).sample(sorted(status), min(sample, len(status))))
-        todo = sorted(m for m in names if status[m] not in KILLED)  # survivors: retested (new tests may kill)
-        for i in range(0, len(todo), 200):  # keep the command line short
-            _mutmut(dest, max_children, todo[i : i + 200])
-        return {m: s for m, s in _results(dest).items() if m in names}
-    before = _results(dest) if (dest / "mutants").exists() else {}
-    _mutmut(dest, max_children)
-    stale = sorted(m for m, s in before.items() if s == "survived")  # not "not checked" of a failed run
-    for i in range(0, len(stale), 200):
-        _mutmut(dest, max_children, stale[i : i + 200])
-    return _results(dest)
+    if sample is None:
+        before = _results(dest) if (dest / "mutants").exists() else {}
+        _mutmut(dest, max_children)
+        _mutmut_names(dest, max_children, sorted(m for m, s in before.items() if s == "survived"))
+        return _results(dest), {}, 0
+    if not (dest / "mutants").exists():  # generate the mutants (and the test stats) without running them
+        _mutmut(dest, max_children, ["no-such-mutant-only-generate"])
+    status = _results(dest)
+    unrun = sorted(m for m, s in status.items() if s == "not checked" and m not in equivalent)
+    drawn = random.Random(seed).sample(unrun, min(sample, len(unrun)))
+    retest = sorted(m for m, s in status.items() if s not in KILLED and s != "not checked")
+    _mutmut_names(dest, max_children, retest + drawn)
+    status = _results(dest)
+    census = {m: s for m, s in status.items() if m not in unrun}
+    return census, {m: status[m] for m in drawn}, len(unrun)
+
+
+def _mutmut_names(dest: Path, max_children: int, names: list[str]) -> None:
+    for i in range(0, len(names), 200):  # keep the command line short
+        _mutmut(dest, max_children, names[i : i + 200])
 
 
 def _mutmut(dest: Path, max_children: int, names: list[str] = ()) -> None:
@@ -111,17 +121,28 @@ def _results(dest: Path) -> dict[str, str]:
     return dict(line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
 
 
-def score(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str, float | int]:
-    """Killed / (run - judged equivalent), with its Clopper-Pearson 95 % interval (exact on a full run)."""
+def score(census: dict[str, str], equivalent: dict[str, str], sampled: dict[str, str] | None = None,
+          unrun: int = 0) -> dict[str, float | int]:
+    """Stratified score: (killed in ``census`` + ``unrun`` x kill rate of ``sampled``) / all counted, with
+    the sample's Clopper-Pearson 95 % interval scaled the same way (exact when nothing is unrun)."""
     from scipy.stats import binomtest
 
-    judged = {m for m in statuses if m in equivalent}
-    counted = {m: s for m, s in statuses.items() if m not in judged}
+    counted = {m: s for m, s in census.items() if m not in equivalent}  # "not checked" counts as survived
     killed = sum(s in KILLED for s in counted.values())
-    ci = binomtest(killed, len(counted)).proportion_ci(0.95) if counted else None
-    return {"mutants": len(statuses), "equivalent": len(judged), "killed": killed,
-            "survived": len(counted) - killed, "score": killed / max(1, len(counted)),
-            "ci95": [ci.low, ci.high] if ci else [0.0, 1.0]}
+    drawn = {m: s for m, s in (sampled or {}).items() if m not in equivalent}
+    total = len(counted) + unrun
+    rate, low, high = 0.0, 0.0, 1.0
+    if drawn:
+        k = sum(s in KILLED for s in drawn.values())
+        ci = binomtest(k, len(drawn)).proportion_ci(0.95)
+        rate, low, high = k / len(drawn), ci.low, ci.high
+    if not unrun:
+        rate = low = high = 0.0
+    at = [(killed + unrun * r) / max(1, total) for r in (rate, low, high)]
+    return {"mutants": len(census) + unrun, "equivalent": sum(m in equivalent for m in census),
+            "census": len(counted), "killed": killed, "unrun": unrun, "sampled": len(drawn),
+            "sampled_killed": sum(s in KILLED for s in drawn.values()),
+            "score": at[0], "ci95": [at[1], at[2]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
     parser.add_argument("--sample", type=int, metavar="N",
-                        help="run a seeded random sample of N mutants per target; the score is an estimate")
+                        help="retest every mutant already run and a seeded random sample of N never-run ones; "
+                             "the score is a stratified estimate with a 95 %% CI")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
@@ -144,23 +166,32 @@ def main(argv: list[str] | None = None) -> int:
     equivalent = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
     scores = {}
     for target in args.targets or list(TARGETS):
-        statuses = run(target, args.max_children, args.sample, args.seed)
-        scores[target] = score(statuses, equivalent)
-        s = scores[target]
-        print(f"{target:9s} {s['killed']:5d} killed / {s['mutants'] - s['equivalent']:5d} "
-              f"({s['equivalent']} equivalent excluded)  score {100 * s['score']:.1f} %"
-              + (f" (95 % CI {100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f} %, sample of {args.sample})"
-                 if args.sample else ""), flush=True)
+        census, sampled, unrun = run(target, args.max_children, equivalent, args.sample, args.seed)
+        scores[target] = score(census, equivalent, sampled, unrun)
+        print(_score_line(target, scores[target]), flush=True)
         if args.survivors:
-            for name, status in sorted(statuses.items()):
-                if status not in KILLED and name not in equivalent:
-                    diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=WORK / target,
-                                          capture_output=True, text=True).stdout
-                    print(f"  {status}: {name}\n" + "\n".join(
-                        "    " + ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")))
+            _print_survivors(target, {**census, **sampled}, equivalent)
     if args.json:
         args.json.write_text(json.dumps(scores, indent=2) + "\n")
     return 0
+
+
+def _score_line(target: str, s: dict) -> str:
+    line = (f"{target:9s} score {100 * s['score']:.1f} %  ({s['killed']} killed / {s['census']} run"
+            f", {s['equivalent']} equivalent excluded")
+    if not s["unrun"]:
+        return line + ")"
+    return (line + f"; {s['sampled_killed']} killed / {s['sampled']} sampled of {s['unrun']} never run; "
+            f"95 % CI {100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f} %)")
+
+
+def _print_survivors(target: str, statuses: dict[str, str], equivalent: dict[str, str]) -> None:
+    for name, status in sorted(statuses.items()):
+        if status not in KILLED and name not in equivalent:
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=WORK / target,
+                                  capture_output=True, text=True).stdout
+            print(f"  {status}: {name}\n" + "\n".join(
+                "    " + ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")))
 
 
 if __name__ == "__main__":
