@@ -1330,7 +1330,7 @@ def protocol_text(tidy: pd.DataFrame) -> str:
     )
     hashes = []
     for (d, s, k), g in tidy.groupby(["dataset", "split", "shots"], sort=True):
-        hs = sorted({h[:8] for h in g["episodes_sha256"] if h})
+        hs = sorted({h[:8] for h in g["episodes_sha256"] if isinstance(h, str) and h})  # pandas 3: NaN for missing
         hashes.append(f"{dataset_display_name(d)} {s} {k}-shot {'/'.join(hs) if hs else 'unknown'}")
     return (
         f"Mean accuracy (%) with 95% confidence interval ({ci_text}, s with ddof=1) over "

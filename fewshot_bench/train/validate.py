@@ -15,6 +15,7 @@ so turning it on does not change the trained weights.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,9 +77,8 @@ def prepare_val(
         eps = EpisodeSet.from_split(spec, split)
     except EpisodeError as exc:  # the episode module names eval's flags; name ours
         msg = str(exc)
-        for a, b in (("--ways", "--val-ways"), ("--shots", "--val-shots"), ("--queries", "--val-queries"),
-                     ("--episodes", "--val-episodes")):
-            msg = msg.replace(a + " ", b + " ")
+        for a in ("ways", "shots", "queries", "episodes"):  # "--shots 1 + ...", "lower --shots/--queries"
+            msg = re.sub(rf"--{a}\b", f"--val-{a}", msg)
         raise ConfigError(f"validation on {split.dataset}/{split.split}: {msg}") from None
     support, query = eps.indices(split)
     rows, inverse = np.unique(np.concatenate([support.ravel(), query.ravel()]), return_inverse=True)
