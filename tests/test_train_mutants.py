@@ -298,6 +298,8 @@ def test_a_split_without_a_dataset_name_is_a_data_error(tmp_path):
         (dict(weight_decay="1"), ConfigError, "--weight-decay '1' must be a number >= 0"),
         (dict(momentum=math.nan), ConfigError, "--momentum nan must be a number >= 0"),
         (dict(momentum=-0.5), ConfigError, "--momentum -0.5 must be a number >= 0"),
+        (dict(momentum=True), ConfigError, "--momentum True must be a number >= 0"),  # a bool is not a number
+        (dict(weight_decay=False), ConfigError, "--weight-decay False must be a number >= 0"),
         (dict(keep="first"), ConfigError, "--keep 'first': choose last or best"),
         (dict(val_every=1), ConfigError, "--val-every 1 needs a val split to validate on; pass val_split"),
         (dict(keep="best"), ConfigError, "--keep best needs validation: add --val-every N"),

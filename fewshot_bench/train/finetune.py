@@ -875,7 +875,7 @@ def _check_settings(loss_fn: TrainingLoss, kw: dict) -> None:
     _positive("--lr", kw["lr"])
     for flag, key in (("--weight-decay", "weight_decay"), ("--momentum", "momentum")):
         v = kw[key]
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"{flag} {v!r} must be a number >= 0")
     keep = kw["keep"]
     if keep not in KEEP:
