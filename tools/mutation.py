@@ -105,9 +105,12 @@ def run(target: str, max_children: int, equivalent: dict[str, str], sample: int 
     return census, {m: status[m] for m in drawn}, len(unrun)
 
 
-def _mutmut_names(dest: Path, max_children: int, names: list[str]) -> None:
+def _mutmut_names(dest: Path, max_children: int, names: list[str], retry: bool = True) -> None:
     for i in range(0, len(names), 200):  # keep the command line short
         _mutmut(dest, max_children, names[i : i + 200])
+    if names and retry:  # mutmut 3.8 leaves some mutants of a function whose code changed "not checked"
+        status = _results(dest)
+        _mutmut_names(dest, max_children, [m for m in names if status.get(m) == "not checked"], retry=False)
 
 
 def _mutmut(dest: Path, max_children: int, names: list[str] = ()) -> None:
