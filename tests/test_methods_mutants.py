@@ -793,3 +793,40 @@ def test_sinkhorn_first_stopping_test_compares_with_the_plan_normalised_to_total
     stopped = sinkhorn(cost, 10.0, 2.0, max(changes) * (1 + 1e-9), log_domain=log_domain)
     torch.testing.assert_close(stopped, one, rtol=0, atol=0)
     assert not torch.allclose(sinkhorn(cost, 10.0, 2.0, min(changes) * (1 - 1e-9), log_domain=log_domain), one)
+
+
+
+# -- survivors of the seed-3 sample ----------------------------------------------------------------
+def test_preset_class_signature_shows_the_preset_defaults():
+    """``ridge:r2d2``'s ``__init__`` signature shows the preset's values as defaults (what ``--help``
+    and ``inspect`` report); the other parameters keep the method's own."""
+    import inspect
+
+    from fewshot_bench.methods import get_method_class
+
+    plain = inspect.signature(get_method_class("ridge").__init__).parameters
+    preset = inspect.signature(get_method_class("ridge:r2d2").__init__).parameters
+    assert (preset["alpha"].default, preset["normalize"].default) == (50.0, False)
+    assert {k: p.default for k, p in preset.items() if k not in ("alpha", "normalize")} == {
+        k: p.default for k, p in plain.items() if k not in ("alpha", "normalize")}
+
+
+def test_knn_unknown_tie_break_message():
+    with pytest.raises(MethodError, match=re.escape("knn: tie_break must be one of sklearn, nearest, got 'random'")):
+        create("knn", tie_break="random").scores(*episodes(1, 3, 1, 4, 3, 1.0, seed=0)[:3])
+
+
+@pytest.mark.parametrize("key", ["ce_weight", "marginal_weight", "conditional_weight"])
+def test_tim_loss_weights_may_be_zero(key):
+    """TIM's three loss weights are ``>= 0``: 0 switches a term off and is accepted; -1 is not."""
+    s, y, q = episodes(1, 3, 2, 4, 5, 2.0, seed=1)[:3]
+    assert create("tim", iterations=2, **{key: 0.0}).scores(s, y, q).shape == (1, 12, 3)
+    with pytest.raises(MethodError, match=re.escape(f"tim: {key} must be a finite number >= 0, got -1.0")):
+        create("tim", iterations=2, **{key: -1.0}).scores(s, y, q)
+
+
+def test_base_mean_missing_message():
+    with pytest.raises(MethodError, match=re.escape(
+            "preprocessing 'cl2n' needs base_mean, the mean feature of the train (base) split (D,); "
+            "the CLI computes it from the train split's cached features")):
+        parse_preprocessing("cl2n")(torch.zeros(1, 2, 3))
