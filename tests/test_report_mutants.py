@@ -801,3 +801,36 @@ def test_features_text_one_chain_per_method(tmp_path):
                      preprocess={"protonet": "none", "tim": "l2n"}) for loss in ("ce", "clce")]
     assert report.protocol_text(report.runs_frame(runs)).endswith(
         "; input protocol transform unknown; features: protonet: none; tim: l2n.")
+
+
+# ---------------------------------------------------------------- survivors of the seed-4 sample
+
+
+def test_unknown_dataset_and_format_messages_name_their_flag(tmp_path):
+    run = make_run(tmp_path / "a", {K1: [0.5, 0.6]})
+    with pytest.raises(ConfigError, match=_exact(
+            "--datasets imagenet: no result of the runs has that dataset; they hold CIFAR-FS")):
+        report.make_table([run], datasets=["imagenet"])
+    with pytest.raises(ConfigError, match=_exact(
+            "--format xls: unknown table format; use one of: latex, markdown, csv, csv-long, json (md for markdown)")):
+        report.make_table([run], fmt="xls")
+
+
+def test_aggregate_seeds_of_nothing_is_refused():
+    with pytest.raises(ConfigError, match=_exact("no seeds to aggregate")):
+        report.aggregate_seeds([])
+
+
+def test_paired_accuracies_refuses_different_episodes_with_the_message(tmp_path):
+    a = make_run(tmp_path / "a", {K1: [0.5, 0.6]})
+    b = make_run(tmp_path / "b", {K1: [0.5, 0.7]}, seed=1)
+    ra, rb = report.load_run(a), report.load_run(b)
+    key = next(iter(ra.results))
+    with pytest.raises(EpisodeError, match=_exact(report._episode_mismatch(ra, rb, key, key)[1])):
+        report.paired_accuracies(ra, rb, key)
+    assert "different episodes" in report._episode_mismatch(ra, rb, key, key)[1]
+
+
+def test_find_runs_expands_double_star_recursively(tmp_path):
+    deep = make_run(tmp_path / "x" / "y" / "run", {K1: [0.5, 0.6]})
+    assert report.find_runs([str(tmp_path / "**" / "run")]) == [deep]
