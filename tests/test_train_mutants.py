@@ -1105,3 +1105,21 @@ def test_prepare_val_defaults_to_600_seeded_5_way_1_shot_15_query_episodes():
     val = dataclasses.replace(make_split(n_classes=5, per_class=16, side=8, seed=9), split="val")
     d = prepare_val(val).describe()
     assert (d["ways"], d["shots"], d["queries"], d["episodes"], d["seed"]) == (5, 1, 15, 600, 0)
+
+
+def test_a_loss_without_its_computation_names_the_missing_method():
+    """A subclass that forgets ``compute`` (or ``term``, for a contrastive loss) fails naming its class
+    and the method to write, not with a bare NotImplementedError."""
+    from fewshot_bench.train.losses.base import ContrastiveLoss, TrainingLoss
+
+    class Half(TrainingLoss):
+        pass
+
+    class HalfContrastive(ContrastiveLoss):
+        pass
+
+    z, y = torch.zeros(2, 3), torch.tensor([0, 1])
+    with pytest.raises(NotImplementedError, match="^Half must implement compute$"):
+        Half().compute(z, None, y, None)
+    with pytest.raises(NotImplementedError, match="^HalfContrastive must implement term$"):
+        HalfContrastive().term(z, y)

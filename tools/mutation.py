@@ -93,8 +93,9 @@ def run(target: str, max_children: int, equivalent: dict[str, str], sample: int 
         _mutmut(dest, max_children)
         _mutmut_names(dest, max_children, sorted(m for m, s in before.items() if s == "survived"))
         return _results(dest), {}, 0
-    if not (dest / "mutants").exists():  # generate the mutants (and the test stats) without running them
-        _mutmut(dest, max_children, ["no-such-mutant-only-generate"])
+    # (re)generate the mutants of changed code (and the test stats) without running any: mutmut marks a
+    # changed function's mutants "not checked" only then, and they belong to the never-run stratum
+    _mutmut(dest, max_children, ["no-such-mutant-only-generate"])
     status = _results(dest)
     unrun = sorted(m for m, s in status.items() if s == "not checked" and m not in equivalent)
     drawn = random.Random(seed).sample(unrun, min(sample, len(unrun)))
