@@ -186,13 +186,14 @@ def test_svm_gap_equal_to_tol_is_converged():
         create("svm", tol=gap * (1 - 1e-9), max_iter=5).scores(support, labels, query)
 
 
-def test_svm_convergence_warning_points_at_the_caller_of_scores(warning_sites):
-    support, labels, query, _ = episodes(2, 3, 2, 2, 8, 0.3, seed=4)
-    method = create("svm", max_iter=1)
-    with pytest.warns(RuntimeWarning, match="svm: not converged") as record:
+@pytest.mark.parametrize(("name", "seed"), [("svm", 4), ("logistic", 21)])
+def test_convergence_warning_points_at_the_caller_of_scores(warning_sites, name, seed):
+    support, labels, query, _ = episodes(2, 3, 2, 2, 8, 0.3, seed=seed)
+    method = create(name, max_iter=1)
+    with pytest.warns(RuntimeWarning, match=f"{name}: not converged") as record:
         line = sys._getframe().f_lineno + 1
         method.scores(support, labels, query)
-    assert [(f, n) for m, f, n in warning_sites if m.startswith("svm:")] == [(__file__, line)]
+    assert [(f, n) for m, f, n in warning_sites if m.startswith(f"{name}:")] == [(__file__, line)]
     if "MUTANT_UNDER_TEST" not in os.environ:
         assert [(r.filename, r.lineno) for r in record] == [(__file__, line)]
 
@@ -559,17 +560,6 @@ def test_logistic_iterates_are_boehnings_primal_steps(steps):
         ours = method.scores(support, labels, query)
     np.testing.assert_allclose(ours.numpy(), logistic_mm_loop(support, labels, query, 3.0, steps), rtol=1e-11,
                                atol=1e-12)
-
-
-def test_logistic_convergence_warning_points_at_the_caller_of_scores(warning_sites):
-    support, labels, query, _ = episodes(2, 3, 2, 2, 8, 0.3, seed=21)
-    method = create("logistic", max_iter=1)
-    with pytest.warns(RuntimeWarning, match="logistic: not converged") as record:
-        line = sys._getframe().f_lineno + 1
-        method.scores(support, labels, query)
-    assert [(f, n) for m, f, n in warning_sites if m.startswith("logistic:")] == [(__file__, line)]
-    if "MUTANT_UNDER_TEST" not in os.environ:
-        assert [(r.filename, r.lineno) for r in record] == [(__file__, line)]
 
 
 def test_tim_loss_defaults_are_tims():

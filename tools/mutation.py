@@ -25,6 +25,7 @@ tell them apart"``).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import random
 import shutil
@@ -61,11 +62,15 @@ def prepare(target: str) -> Path:
     dest = WORK / target
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                             cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
+    changed = False
     for rel in filter(None, listed):
         src, dst = ROOT / rel, dest / rel
         if src.is_file() and (not dst.exists() or dst.read_bytes() != src.read_bytes()):
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
+            changed |= any(fnmatch.fnmatch(rel, pattern) for pattern in files)
+    if changed:  # mutmut maps tests to functions once: a new or renamed function would get "no tests"
+        (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     tests = [t for t in tests if (ROOT / t).exists()]
     config = {"source_paths": ["fewshot_bench"], "only_mutate": files,
               "pytest_add_cli_args_test_selection": tests,
