@@ -28,3 +28,8 @@ def test_sampled_score_is_census_plus_unrun_times_sampled_rate():
     assert s["ci95"] == pytest.approx([(30 + 400 * ci.low) / total, (30 + 400 * ci.high) / total], rel=1e-12)
     assert (s["sampled"], s["sampled_killed"], s["census"]) == (20, 17, 31)
     assert "17 killed / 20 sampled of 400 never run" in mutation._score_line("train", s)
+
+
+def test_a_sample_of_the_whole_unrun_stratum_is_exact():
+    s = mutation.score({"a": "killed"}, {}, {"x": "killed", "y": "survived"}, unrun=2)
+    assert s["score"] == s["ci95"][0] == s["ci95"][1] == pytest.approx(2 / 3, rel=1e-15)

@@ -145,6 +145,8 @@ def score(census: dict[str, str], equivalent: dict[str, str], sampled: dict[str,
         k = sum(s in KILLED for s in drawn.values())
         ci = binomtest(k, len(drawn)).proportion_ci(0.95)
         rate, low, high = k / len(drawn), ci.low, ci.high
+        if len(drawn) >= unrun:  # the sample is the whole stratum: exact
+            low = high = rate
     if not unrun:
         rate = low = high = 0.0
     at = [(killed + unrun * r) / max(1, total) for r in (rate, low, high)]
