@@ -100,7 +100,7 @@ def run(target: str, max_children: int, equivalent: dict[str, str], sample: int 
         return _results(dest), {}, 0
     # (re)generate the mutants of changed code (and the test stats) without running any: mutmut marks a
     # changed function's mutants "not checked" only then, and they belong to the never-run stratum
-    _mutmut(dest, max_children, ["no-such-mutant-only-generate"])
+    _mutmut(dest, max_children, ["no-such-mutant-only-generate"], quiet=True)  # mutmut: "nothing matches"
     status = _results(dest)
     unrun = sorted(m for m, s in status.items() if s == "not checked" and m not in equivalent)
     drawn = random.Random(seed).sample(unrun, min(sample, len(unrun)))
@@ -119,9 +119,9 @@ def _mutmut_names(dest: Path, max_children: int, names: list[str], retry: bool =
         _mutmut_names(dest, max_children, [m for m in names if status.get(m) == "not checked"], retry=False)
 
 
-def _mutmut(dest: Path, max_children: int, names: list[str] = ()) -> None:
+def _mutmut(dest: Path, max_children: int, names: list[str] = (), quiet: bool = False) -> None:
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names],
-                   cwd=dest, check=False, stdout=subprocess.DEVNULL)
+                   cwd=dest, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
 
 
 def _results(dest: Path) -> dict[str, str]:
