@@ -43,8 +43,10 @@ scikit-learn fits one estimator per episode. With ``--peer-episodes`` below ``--
 per-episode peer runs on the first episodes only and its time is extrapolated linearly to
 ``--episodes`` (the output says so); its accuracy and its agreement with ours (share of identical
 argmax predictions) are on those episodes. ``--threads`` (default 1) sets ``torch.set_num_threads``
-and, through threadpoolctl, the BLAS / OpenMP pools, for ours and the peers alike. ``--device cuda``
-runs ours and the easyfsl peers on the GPU (timings synchronised; scikit-learn stays on the CPU).
+and, through threadpoolctl, the BLAS / OpenMP pools, for ours; ``--peer-threads`` (default:
+``--threads``) the same for the peers, so that one run can also give each side its best count (the
+per-episode peers are fastest on one thread: their tiny ops gain nothing from a second one and pay
+OpenMP's start-up). ``--device cuda`` runs ours and the easyfsl peers on the GPU (timings synchronised; scikit-learn stays on the CPU).
 
 Batched timings are the best of ``--repeats`` runs, per-episode ones of ``min(--repeats, 2)``; each
 contender is warmed up on a few episodes first.
@@ -56,6 +58,7 @@ import argparse
 import os
 import platform
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,18 @@ def sample_episodes(labels: np.ndarray, n_episodes: int, ways: int, shots: int, 
     support = torch.from_numpy(rows[..., :shots].reshape(n_episodes, -1))
     query = torch.from_numpy(rows[..., shots:].reshape(n_episodes, -1))
     return support, query
+
+
+@contextmanager
+def threads(n: int):
+    """torch's intra-op pool and the BLAS / OpenMP pools at ``n`` threads; torch's restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def gather(feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -221,7 +236,10 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
     q_lab = torch.arange(args.ways).repeat_interleave(args.queries)[None]
     n_peer = min(args.peer_episodes or args.episodes, args.episodes)
     s_rows, q_rows = s_rows.to(feats.device), q_rows.to(feats.device)
-    t_gather, (support, query) = timed(lambda: (gather(feats, s_rows), gather(feats, q_rows)), 1, feats.device)
+    with threads(args.threads):
+        t_gather, (support, query) = timed(
+            lambda: (gather(feats, s_rows), gather(feats, q_rows)), 1, feats.device
+        )
 
     def rate(a, b) -> float:
         return float((torch.as_tensor(a).cpu() == torch.as_tensor(b).cpu()).double().mean())
@@ -236,13 +254,17 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
         }  # fmt: skip
 
     def ours_timed(score_fn, s, q, batch):
-        batched(score_fn, s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab, batch)
-        return timed(lambda: batched(score_fn, s, q, s_lab, batch), args.repeats, feats.device)
+        with threads(args.threads):
+            batched(score_fn, s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab, batch)
+            return timed(lambda: batched(score_fn, s, q, s_lab, batch), args.repeats, feats.device)
 
     def peer_timed(peer, s, q):
         """Time on the first ``n_peer`` episodes, extrapolated linearly to all of them."""
-        peer(s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab[0])
-        seconds, preds = timed(lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]), min(args.repeats, 2), feats.device)
+        with threads(args.peer_threads):
+            peer(s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab[0])
+            seconds, preds = timed(
+                lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]), min(args.repeats, 2), feats.device
+            )
         return seconds * args.episodes / n_peer, preds
 
     peer_note = "" if n_peer == args.episodes else f", timed on {n_peer} (extrapolated)"
@@ -251,7 +273,9 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
         if head not in args.heads:
             continue
         s, q = (support, query) if transform is None else (transform(support), transform(query))
-        batch = args.batch_episodes or default_batch_episodes(ours, s.shape[1] + q.shape[1], s.shape[2], feats.device)
+        batch = args.batch_episodes or default_batch_episodes(
+            ours, s.shape[1] + q.shape[1], s.shape[2], feats.device
+        )
         t_ours, p_ours = ours_timed(ours.scores, s, q, batch)
         rows.append(row(head, f"fewshot_bench (batched, {batch} episodes per call)", t_ours, p_ours))
         if head == "protonet":
@@ -309,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run the per-episode peers on this many episodes and extrapolate (default: all)",
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads for ours (default 1)")
     p.add_argument(
-        "--threads", type=int, default=1, help="torch and BLAS threads, ours and the peers' (default 1)"
-    )
+        "--peer-threads", type=int, default=None,
+        help="torch and BLAS threads for the per-episode peers (default: --threads)",
+    )  # fmt: skip
     p.add_argument(
         "--device", default="cpu",
         help="where ours and the easyfsl peers run, e.g. cuda (scikit-learn peers: CPU; default cpu)",
@@ -319,21 +345,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.peer_threads is None:
+        args.peer_threads = args.threads
+    for flag, n in (("--threads", args.threads), ("--peer-threads", args.peer_threads)):
+        if n < 1:
+            p.error(f"{flag} must be >= 1, got {n}")
     feats, labels = make_features(args.features, args.dim, args.classes, args.seed)
     feats = feats.to(args.device)
     load_before = os.getloadavg()
     rows, checks = [], []
-    with threadpool_limits(args.threads):
-        for shots in args.shots:
-            r, c = bench_shots(args, feats, labels, shots)
-            rows, checks = rows + r, checks + c
+    for shots in args.shots:
+        r, c = bench_shots(args, feats, labels, shots)
+        rows, checks = rows + r, checks + c
     table = pd.DataFrame(rows)
     table["ms_per_episode"] = 1000 * table["seconds"] / args.episodes
     print(
         f"{args.episodes} episodes of {args.ways}-way, {args.queries} queries on {args.features}x{args.dim} "
         f"float32 features; seconds for all {args.episodes} episodes; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average before {load_before[0]:.1f}, "
+        f"threads: ours {args.threads}, peers {args.peer_threads}; {os.cpu_count()} CPUs, "
+        f"load average before {load_before[0]:.1f}, "
         f"device {device_name(args.device)}"
     )
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
@@ -349,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": command_line("bench_methods.py", argv),
                 "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(),
+                "threads": {"ours": args.threads, "peers": args.peer_threads},
                 "cpu_count": os.cpu_count(),
                 "device": device_name(args.device),
                 "platform": platform.platform(),

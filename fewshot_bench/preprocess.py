@@ -102,17 +102,25 @@ class Preprocessing:
         """Apply the chain to features ``(..., D)``; ``base_mean (D,)`` for ``center``/``cl2n``."""
         for step in self.steps:
             if step.name == "power":
-                if bool((x < 0).any()):
-                    raise MethodError(
-                        f"preprocessing {self.spec!r}: the power transform needs non-negative features "
-                        f"(ReLU outputs), found a minimum of {float(x.min()):.3g}; drop 'power' from the chain"
-                    )
-                x = (x + POWER_EPS).pow(step.beta)
+                _check_non_negative(x, self.spec)
+                x = (x + POWER_EPS).pow_(step.beta)  # in place on the new tensor: bit-identical to pow
             if step.name in ("center", "cl2n"):
                 x = x - _base_mean(base_mean, x, self.spec)
             if step.name in ("l2n", "cl2n"):
                 x = F.normalize(x, dim=-1)
         return x
+
+
+def _check_non_negative(x: torch.Tensor, spec: str) -> None:
+    """Refuse negative features before the power transform (NaNs pass through, as in every step)."""
+    if not x.numel() or bool(x.amin() >= 0):  # one reduction, no (..., D) bool temporary
+        return
+    negative = x[x < 0]  # amin was negative, or NaN: look past the NaNs
+    if negative.numel():
+        raise MethodError(
+            f"preprocessing {spec!r}: the power transform needs non-negative features "
+            f"(ReLU outputs), found a minimum of {float(negative.min()):.3g}; drop 'power' from the chain"
+        )
 
 
 def parse_preprocessing(spec: str | Preprocessing | None, *, what: str = "preprocessing") -> Preprocessing:

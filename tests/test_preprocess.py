@@ -124,6 +124,17 @@ def test_power_refuses_negative_features():
         methods.create("protonet", preprocess="power").scores(x[None, :5], torch.arange(5)[None], x[None])
 
 
+
+def test_power_looks_past_nans_for_negative_features():
+    # the check is one amin, which a NaN turns into NaN: a negative value beside a NaN is still refused,
+    # with the smallest real value; NaNs alone pass through (the head's non-finite checks name them)
+    x = torch.tensor([[0.5, float("nan"), -0.25, -2.5, 1.0]])
+    with pytest.raises(MethodError, match=r"found a minimum of -2\.5; drop 'power'"):
+        parse_preprocessing("power")(x)
+    out = parse_preprocessing("power")(torch.tensor([[0.25, float("nan")]]))
+    assert out[0, 0].item() == pytest.approx((0.25 + 1e-6) ** 0.5, rel=1e-6) and out[0, 1].isnan()
+    assert parse_preprocessing("power")(torch.empty(0, 4)).shape == (0, 4)
+
 def test_centring_needs_a_base_mean_of_the_right_shape():
     x = _rows()
     with pytest.raises(MethodError, match=r"'cl2n' needs base_mean, the mean feature of the train \(base\) split"):
