@@ -9,6 +9,9 @@ Messages name the file or flag, say what is wrong and what to do.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 __all__ = [
     "CacheError",
     "CheckpointError",
@@ -20,6 +23,8 @@ __all__ = [
     "UnknownNameError",
     "check_int",
     "int_arg",
+    "is_int",
+    "is_number",
 ]
 
 
@@ -59,12 +64,25 @@ class MethodError(FewshotBenchError):
 
 
 # ------------------------------------------------------------------------------ argument checks
-# One rule for "an integer >= minimum" (bools are not integers here), two front ends: values
-# passed to the library (ConfigError naming the flag) and command-line text (an argparse type).
+# One rule for "an integer" and one for "a number" (a bool is neither here), used by every check of a
+# parameter; "an integer >= minimum" has two front ends: values passed to the library (ConfigError
+# naming the flag) and command-line text (an argparse type).
 
 
-def _int_at_least(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+def is_int(value: object, minimum: int | None = None) -> bool:
+    """An integer (Python or numpy; not a bool), ``>= minimum`` if given."""
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and (minimum is None or value >= minimum)
+    )
+
+
+def is_number(value: object, *, finite: bool = False) -> bool:
+    """A real number (Python or numpy; not a bool) that is not NaN, and not infinite if ``finite``."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
+        return False
+    return math.isfinite(value) or not finite
 
 
 def check_int(flag: str, value: object, minimum: int, why: str = "") -> int:
@@ -74,7 +92,7 @@ def check_int(flag: str, value: object, minimum: int, why: str = "") -> int:
     """
     if hasattr(value, "dtype") and getattr(value, "ndim", None) == 0 and value.dtype.kind in "iu":
         value = value.item()  # a numpy integer
-    if not _int_at_least(value, minimum):
+    if not is_int(value, minimum):
         raise ConfigError(f"{flag} {value!r} must be an integer >= {minimum}{why}")
     return value
 
@@ -89,7 +107,7 @@ def int_arg(minimum: int, what: str):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
-        if not _int_at_least(value, minimum):
+        if not is_int(value, minimum):
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
         return value
 

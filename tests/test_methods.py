@@ -356,3 +356,56 @@ def test_logistic_warns_when_not_converged():
     support, labels, query, _ = episodes()
     with pytest.warns(RuntimeWarning, match="logistic: not converged after 2 iterations"):
         create("logistic", max_iter=2).scores(support, labels, query)
+
+
+NUMERIC_PARAMS = [
+    ("svm", "C"), ("svm", "dual_ridge"), ("svm", "tol"), ("svm", "max_iter"),
+    ("logistic", "C"), ("logistic", "max_iter"), ("logistic", "tol"), ("ridge", "alpha"),
+    ("simnl", "beta"), ("simnl", "lam"), ("simnl", "tau"), ("bdcspn", "temperature"), ("bdcspn", "top_z"),
+    ("knn", "k"), ("soft-kmeans", "n_iter"), ("laplacianshot", "lam"), ("laplacianshot", "tol"),
+    ("laplacianshot", "rect_temperature"), ("laplacianshot", "knn"), ("laplacianshot", "n_iter"),
+    ("ptmap", "alpha"), ("ptmap", "lam"), ("ptmap", "sinkhorn_tol"), ("ptmap", "n_epochs"),
+    ("ptmap", "sinkhorn_max_iter"), ("tim", "iterations"), ("transductive-ft", "epochs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "key"), NUMERIC_PARAMS)
+@pytest.mark.parametrize("value", [True, "1", float("nan")])
+def test_numeric_hyper_parameters_refuse_bools_text_and_nan(name, key, value):
+    """One rule (errors.is_number / is_int) for every head: a bool, text or NaN is a MethodError naming
+    the head, never a TypeError from a comparison nor a silent 1 (True)."""
+    with pytest.raises(MethodError, match=rf"^{re.escape(name)}: "):
+        create(name, **{key: value})
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [("svm", "max_iter", 2.5), ("logistic", "max_iter", 10.0), ("knn", "k", 3.0), ("bdcspn", "top_z", 1.5),
+     ("soft-kmeans", "n_iter", 2.0), ("laplacianshot", "knn", 3.0)],
+)  # fmt: skip
+def test_integer_hyper_parameters_refuse_floats(name, key, value):
+    with pytest.raises(MethodError, match=rf"^{re.escape(name)}: "):
+        create(name, **{key: value})
+
+
+def test_numpy_hyper_parameters_are_numbers():
+    """numpy scalars (e.g. from a sweep over np.linspace) count as the numbers they hold."""
+    rng = np.random.default_rng(0)
+    support, query = rng.random((2, 6, 8)), rng.random((2, 9, 8))
+    labels = np.tile(np.repeat(np.arange(3), 2), (2, 1))
+    for name, kw, np_kw in (
+        ("knn", {"k": 3}, {"k": np.int64(3)}),
+        ("svm", {"C": 0.5, "max_iter": 50}, {"C": np.float32(0.5), "max_iter": np.int32(50)}),
+        ("ptmap", {"alpha": 0.5, "n_epochs": 3}, {"alpha": np.float64(0.5), "n_epochs": np.int16(3)}),
+        ("logistic", {"C": 2.0, "max_iter": 200}, {"C": np.float32(2.0), "max_iter": np.int64(200)}),
+        ("soft-kmeans", {"n_iter": 2}, {"n_iter": np.int64(2)}),
+        ("laplacianshot", {"knn": 3, "n_iter": 4, "lam": 0.5, "base_mean": np.zeros(8)},
+         {"knn": np.int64(3), "n_iter": np.int32(4), "lam": np.float64(0.5), "base_mean": np.zeros(8)}),
+        ("tim", {"iterations": 3, "lr": 1e-3}, {"iterations": np.int64(3), "lr": np.float64(1e-3)}),
+        ("transductive-ft", {"epochs": 2}, {"epochs": np.int64(2)}),
+        ("bdcspn", {"top_z": 2, "temperature": 5.0}, {"top_z": np.int64(2), "temperature": np.float32(5.0)}),
+    ):
+        torch.testing.assert_close(
+            create(name, **np_kw).scores(support, labels, query), create(name, **kw).scores(support, labels, query),
+            rtol=0, atol=0,
+        )

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, is_int
 from . import BACKBONES
 from ._base import FeatureBackbone
 
@@ -56,7 +56,7 @@ class Conv4(FeatureBackbone):
     ) -> None:
         super().__init__()
         for name, value in (("hidden", hidden), ("in_chans", in_chans)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise ConfigError(f"architecture 'conv4': {name} must be a positive integer, got {value!r}")
         widths = [in_chans, hidden, hidden, hidden, hidden]
         for k in range(4):

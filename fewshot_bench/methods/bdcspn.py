@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import FewShotMethod, class_means, cosine_scores, one_hot, register_method
 
 __all__ = ["BDCSPN", "VARIANTS", "rectified_prototypes"]
@@ -64,11 +64,11 @@ class BDCSPN(FewShotMethod):
         self.temperature, self.variant, self.top_z = temperature, variant, top_z
 
     def _check_params(self) -> None:
-        if not self.temperature > 0:
+        if not (is_number(self.temperature) and self.temperature > 0):
             raise MethodError(f"bdcspn: temperature must be > 0, got {self.temperature}")
         if self.variant not in VARIANTS:
             raise MethodError(f"bdcspn: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.top_z is not None and not (isinstance(self.top_z, int) and self.top_z >= 0):
+        if self.top_z is not None and not is_int(self.top_z, 0):
             raise MethodError(f"bdcspn: top_z must be None or an integer >= 0, got {self.top_z!r}")
 
     def batch_scores(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int
 from .base import FewShotMethod, cosine_scores, neg_sq_euclidean, register_method
 
 __all__ = ["KNearestNeighbours"]
@@ -50,7 +50,7 @@ class KNearestNeighbours(FewShotMethod):
         self.k, self.metric, self.tie_break = k, metric, tie_break
 
     def _check_params(self) -> None:
-        if not (isinstance(self.k, int) and self.k >= 1):
+        if not is_int(self.k, 1):
             raise MethodError(f"knn: k must be an integer >= 1, got {self.k!r}")
         if self.metric not in ("euclidean", "cosine"):
             raise MethodError(f"knn: metric must be 'euclidean' or 'cosine', got {self.metric!r}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import (
     FewShotMethod,
     _needs_base_mean,
@@ -108,18 +108,18 @@ class LaplacianShot(FewShotMethod):
     def _check_params(self) -> None:
         for key, low in (("knn", 2), ("n_iter", 1)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value, low):
                 raise MethodError(f"laplacianshot: {key} must be an integer >= {low}, got {value!r}")
-        if not (isinstance(self.lam, (int, float)) and self.lam >= 0):
+        if not (is_number(self.lam) and self.lam >= 0):
             raise MethodError(f"laplacianshot: lam must be a number >= 0, got {self.lam!r}")
-        if not (isinstance(self.tol, (int, float)) and self.tol >= 0):
+        if not (is_number(self.tol) and self.tol >= 0):
             raise MethodError(f"laplacianshot: tol must be a number >= 0, got {self.tol!r}")
         if self.rectification not in RECTIFICATIONS:
             raise MethodError(
                 f"laplacianshot: rectification must be one of {', '.join(RECTIFICATIONS)}, "
                 f"got {self.rectification!r}"
             )
-        if not (isinstance(self.rect_temperature, (int, float)) and self.rect_temperature > 0):
+        if not (is_number(self.rect_temperature) and self.rect_temperature > 0):
             raise MethodError(f"laplacianshot: rect_temperature must be > 0, got {self.rect_temperature!r}")
         if self.base_mean is None and self.preprocess_chain.needs_base_mean:
             raise MethodError(_needs_base_mean(self.name, self.preprocess_chain.spec))

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import FewShotMethod, one_hot, register_method
 
 __all__ = ["LogisticRegressionHead"]
@@ -38,7 +38,7 @@ class LogisticRegressionHead(FewShotMethod):
         self.C, self.max_iter, self.tol = C, max_iter, tol
 
     def _check_params(self) -> None:
-        if not (self.C > 0 and self.max_iter >= 1 and self.tol > 0):
+        if not (is_number(self.C) and self.C > 0 and is_int(self.max_iter, 1) and is_number(self.tol) and self.tol > 0):
             raise MethodError(f"logistic: need C > 0, max_iter >= 1, tol > 0; got {self!r}")
 
     def batch_scores(

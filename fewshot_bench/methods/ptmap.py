@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import FewShotMethod, one_hot, register_method
 
 __all__ = ["PTMAP", "map_update", "sinkhorn"]
@@ -93,13 +93,13 @@ class PTMAP(FewShotMethod):
     def _check_params(self) -> None:
         for key, low in (("n_epochs", 0), ("sinkhorn_max_iter", 1)):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value, low):
                 raise MethodError(f"ptmap: {key} must be an integer >= {low}, got {value!r}")
-        if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha <= 1):
+        if not (is_number(self.alpha) and 0 < self.alpha <= 1):
             raise MethodError(f"ptmap: alpha must be in (0, 1], got {self.alpha!r}")
-        if not (isinstance(self.lam, (int, float)) and self.lam > 0):
+        if not (is_number(self.lam) and self.lam > 0):
             raise MethodError(f"ptmap: lam must be > 0, got {self.lam!r}")
-        if not (isinstance(self.sinkhorn_tol, (int, float)) and self.sinkhorn_tol >= 0):
+        if not (is_number(self.sinkhorn_tol) and self.sinkhorn_tol >= 0):
             raise MethodError(f"ptmap: sinkhorn_tol must be >= 0, got {self.sinkhorn_tol!r}")
         if not isinstance(self.episode_centering, bool):
             raise MethodError(

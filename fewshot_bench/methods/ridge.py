@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
+from ..errors import MethodError, is_number
 from .base import FewShotMethod, one_hot, register_method
 
 __all__ = ["RidgeHead"]
@@ -49,7 +49,7 @@ class RidgeHead(FewShotMethod):
         self.alpha, self.normalize = alpha, normalize
 
     def _check_params(self) -> None:
-        if not self.alpha > 0:
+        if not (is_number(self.alpha) and self.alpha > 0):
             raise MethodError(f"ridge: alpha must be > 0, got {self.alpha}")
 
     def batch_scores(

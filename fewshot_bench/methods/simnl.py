@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
+from ..errors import MethodError, is_number
 from .base import FewShotMethod, one_hot, register_method
 
 __all__ = ["SimNL"]
@@ -59,7 +59,8 @@ class SimNL(FewShotMethod):
         self.beta, self.lam, self.tau = beta, lam, tau
 
     def _check_params(self) -> None:
-        if not (self.beta > 0 and 0 <= self.lam <= 1 and self.tau > 0):
+        if not (all(is_number(v) for v in (self.beta, self.lam, self.tau))
+                and self.beta > 0 and 0 <= self.lam <= 1 and self.tau > 0):
             raise MethodError(f"simnl: need beta > 0, 0 <= lam <= 1, tau > 0; got {self!r}")
 
     def batch_scores(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int
 from .base import FewShotMethod, class_means, neg_sq_euclidean, one_hot, register_method
 
 __all__ = ["SoftKMeans", "soft_kmeans_prototypes"]
@@ -46,7 +46,7 @@ class SoftKMeans(FewShotMethod):
         self.n_iter = n_iter
 
     def _check_params(self) -> None:
-        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, int) or self.n_iter < 1:
+        if not is_int(self.n_iter, 1):
             raise MethodError(f"soft-kmeans: n_iter must be an integer >= 1, got {self.n_iter!r}")
 
     def batch_scores(

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import FewShotMethod, one_hot, register_method
 
 __all__ = ["CrammerSingerSVM", "crammer_singer_dual"]
@@ -78,14 +78,18 @@ class CrammerSingerSVM(FewShotMethod):
         self.C, self.dual_ridge, self.tol, self.max_iter = C, dual_ridge, tol, max_iter
 
     def _check_params(self) -> None:
-        if not (self.C > 0 and self.dual_ridge >= 0 and self.tol > 0 and self.max_iter >= 1):
+        if not (all(is_number(v) for v in (self.C, self.dual_ridge, self.tol))
+                and self.C > 0 and self.dual_ridge >= 0 and self.tol > 0
+                and is_int(self.max_iter, 1)):
             raise MethodError(f"svm: need C > 0, dual_ridge >= 0, tol > 0, max_iter >= 1; got {self!r}")
 
     def batch_scores(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
     ) -> torch.Tensor:
         gram = support.double() @ support.double().transpose(1, 2)
-        alpha, gap = crammer_singer_dual(gram, support_labels, self.C, self.dual_ridge, self.tol, self.max_iter)
+        alpha, gap = crammer_singer_dual(  # plain Python numbers: a numpy max_iter broke `it == max_iter`
+            gram, support_labels, float(self.C), float(self.dual_ridge), float(self.tol), int(self.max_iter)
+        )
         if not gap <= self.tol:
             warnings.warn(
                 f"svm: not converged after {self.max_iter} iterations (relative duality gap {gap:.2g} > "

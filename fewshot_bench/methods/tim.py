@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import FewShotMethod, class_means, cosine_scores, neg_sq_euclidean, one_hot, register_method
 
 __all__ = ["AlphaTIM", "TIM", "adam", "alpha_tim_default_alpha", "tim_grad", "tim_logits", "tim_loss"]
@@ -241,17 +240,13 @@ class TIM(FewShotMethod):
         name = self.name
         for key in ("temperature", "lr"):
             value = getattr(self, key)
-            if not (_is_number(value) and 0 < value < math.inf):
+            if not (is_number(value) and 0 < value < math.inf):
                 raise MethodError(f"{name}: {key} must be a finite number > 0, got {value!r}")
         for key in ("ce_weight", "marginal_weight", "conditional_weight"):
             value = getattr(self, key)
-            if not (_is_number(value) and 0 <= value < math.inf):
+            if not (is_number(value) and 0 <= value < math.inf):
                 raise MethodError(f"{name}: {key} must be a finite number >= 0, got {value!r}")
-        if not (
-            isinstance(self.iterations, numbers.Integral)
-            and not isinstance(self.iterations, bool)
-            and self.iterations >= 0
-        ):
+        if not is_int(self.iterations, 0):
             raise MethodError(f"{name}: iterations must be an integer >= 0, got {self.iterations!r}")
         if self.classifier not in CLASSIFIERS:
             raise MethodError(
@@ -328,7 +323,7 @@ class AlphaTIM(TIM):
     def _check_params(self) -> None:
         super()._check_params()
         a = self.alpha
-        if a is not None and not (_is_number(a) and 0 < a < math.inf and a != 1):
+        if a is not None and not (is_number(a) and 0 < a < math.inf and a != 1):
             raise MethodError(
                 "alpha-tim: alpha must be a finite number > 0 and != 1 "
                 "(or None: 2 for 1-shot, 7 for 5+ shots), "
@@ -337,7 +332,3 @@ class AlphaTIM(TIM):
 
     def _alpha(self, shots: float) -> float:
         return float(self.alpha) if self.alpha is not None else alpha_tim_default_alpha(shots)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import MethodError
+from ..errors import MethodError, is_int, is_number
 from .base import FewShotMethod, class_means, one_hot, register_method
 from .tim import adam
 
@@ -220,14 +219,9 @@ class TransductiveFinetuning(FewShotMethod):
     def _check_params(self) -> None:
         for key, low in (("lr", "> 0"), ("temperature", "> 0"), ("entropy_weight", ">= 0")):
             value = getattr(self, key)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-            if not (ok and (value > 0 if low == "> 0" else value >= 0) and value < math.inf):
+            if not (is_number(value) and (value > 0 if low == "> 0" else value >= 0) and value < math.inf):
                 raise MethodError(f"{self.name}: {key} must be a finite number {low}, got {value!r}")
-        if not (
-            isinstance(self.epochs, numbers.Integral)
-            and not isinstance(self.epochs, bool)
-            and self.epochs >= 0
-        ):
+        if not is_int(self.epochs, 0):
             raise MethodError(f"{self.name}: epochs must be an integer >= 0, got {self.epochs!r}")
         if self.classifier not in CLASSIFIERS:
             raise MethodError(

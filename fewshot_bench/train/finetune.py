@@ -72,7 +72,7 @@ from torch import nn
 from .. import __version__
 from .. import distributed as D
 from .._io import atomic_write, jsonable
-from ..errors import CheckpointError, ConfigError, DataError, UnknownNameError, check_int
+from ..errors import CheckpointError, ConfigError, DataError, UnknownNameError, check_int, is_number
 from ..registry import close_matches
 from .inputs import input_protocol, resolve_transform
 from .log import write_log
@@ -875,7 +875,7 @@ def _check_settings(loss_fn: TrainingLoss, kw: dict) -> None:
     _positive("--lr", kw["lr"])
     for flag, key in (("--weight-decay", "weight_decay"), ("--momentum", "momentum")):
         v = kw[key]
-        if not (_finite_number(v) and v >= 0):
+        if not (is_number(v, finite=True) and v >= 0):
             raise ConfigError(f"{flag} {v!r} must be a number >= 0")
     keep = kw["keep"]
     if keep not in KEEP:
@@ -915,11 +915,6 @@ def _check_split(split: Any, batch_size: int) -> int:
 _int_at_least = check_int  # (flag, value, minimum, why=""): the package's one integer check
 
 
-def _finite_number(v: Any) -> bool:
-    """A finite int or float; a bool is not a number here."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _positive(flag: str, v: Any) -> None:
-    if not (_finite_number(v) and v > 0):
+    if not (is_number(v, finite=True) and v > 0):
         raise ConfigError(f"{flag} {v!r} must be a positive number")

@@ -23,13 +23,12 @@ other packages add losses through the ``fewshot_bench.losses`` entry-point group
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 
-from ...errors import ConfigError
+from ...errors import ConfigError, is_number
 from ...registry import (
     Registry,
     check_params_known,
@@ -259,25 +258,21 @@ def _load_entry_points() -> None:
 
 
 # -- validation helpers (one-line errors naming the CLI flag) ---------------------------------
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def check_temperature(value: Any, flag: str = "--temperature") -> None:
     """τ must be a finite number > 0."""
-    if not (_is_real(value) and value > 0):
+    if not (is_number(value, finite=True) and value > 0):
         raise ConfigError(f"{flag} {value!r} must be a positive number (e.g. 0.5)")
 
 
 def check_lam(value: Any, flag: str = "--lam") -> None:
     """λ of a mix ``(1 - λ)·CE + λ·contrastive`` must lie in [0, 1]."""
-    if not (_is_real(value) and 0.0 <= value <= 1.0):
+    if not (is_number(value, finite=True) and 0.0 <= value <= 1.0):
         raise ConfigError(f"{flag} {value!r} is outside [0, 1]; the loss is (1 - lam) * CE + lam * contrastive")
 
 
 def check_nonnegative(value: Any, flag: str, example: str = "1.0") -> None:
     """A finite number >= 0 (e.g. H-SCL's concentration β)."""
-    if not (_is_real(value) and value >= 0):
+    if not (is_number(value, finite=True) and value >= 0):
         raise ConfigError(f"{flag} {value!r} must be a number >= 0 (e.g. {example})")
 
 

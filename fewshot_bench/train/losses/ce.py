@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ...errors import ConfigError
+from ...errors import ConfigError, is_number
 from ._pairs import upcast
 from .base import LossTerms, TrainingLoss, register_loss
 
@@ -46,7 +46,7 @@ class CrossEntropy(TrainingLoss):
 
     def check_params(self) -> None:
         v: Any = self.label_smoothing
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < 1.0):
+        if not (is_number(v) and 0.0 <= v < 1.0):
             raise ConfigError(f"loss parameter label_smoothing={v!r} must be in [0, 1) (e.g. 0.1)")
 
     def compute(self, logits, z, labels, z_labels) -> LossTerms:  # noqa: ANN001 (see TrainingLoss)
