@@ -38,7 +38,8 @@ class LogisticRegressionHead(FewShotMethod):
         self.C, self.max_iter, self.tol = C, max_iter, tol
 
     def _check_params(self) -> None:
-        if not (is_number(self.C) and self.C > 0 and is_int(self.max_iter, 1) and is_number(self.tol) and self.tol > 0):
+        if not (is_number(self.C) and is_number(self.tol) and is_int(self.max_iter, 1)
+                and self.C > 0 and self.tol > 0):
             raise MethodError(f"logistic: need C > 0, max_iter >= 1, tol > 0; got {self!r}")
 
     def batch_scores(
