@@ -370,10 +370,10 @@ NUMERIC_PARAMS = [
 
 
 @pytest.mark.parametrize(("name", "key"), NUMERIC_PARAMS)
-@pytest.mark.parametrize("value", [True, "1", float("nan")])
-def test_numeric_hyper_parameters_refuse_bools_text_and_nan(name, key, value):
-    """One rule (errors.is_number / is_int) for every head: a bool, text or NaN is a MethodError naming
-    the head, never a TypeError from a comparison nor a silent 1 (True)."""
+@pytest.mark.parametrize("value", [True, "1", float("nan"), torch.tensor(2.0)])
+def test_numeric_hyper_parameters_refuse_bools_text_nan_and_tensors(name, key, value):
+    """One rule (errors.is_number / is_int) for every head: a bool, text, NaN or a tensor is a MethodError
+    naming the head, never a TypeError from a comparison or from the arithmetic, nor a silent 1 (True)."""
     with pytest.raises(MethodError, match=rf"^{re.escape(name)}: "):
         create(name, **{key: value})
 
