@@ -161,8 +161,8 @@ def test_bad_hyper_parameters_are_explained():
         ("knn", {"k": 0}, "k must be an integer >= 1"),
         ("knn", {"metric": "l1"}, "metric must be"),
         ("logistic", {"C": -1.0}, "need C > 0"),
-        ("ridge", {"alpha": 0.0}, "alpha must be > 0"),
-        ("bdcspn", {"temperature": 0}, "temperature must be > 0"),
+        ("ridge", {"alpha": 0.0}, "ridge: alpha must be a number > 0, got 0.0"),
+        ("bdcspn", {"temperature": 0}, "bdcspn: temperature must be a number > 0, got 0"),
         ("simnl", {"beta": -1}, "beta"),
     ]:
         with pytest.raises(MethodError, match=match):
@@ -374,8 +374,10 @@ NUMERIC_PARAMS = [
 def test_numeric_hyper_parameters_refuse_bools_text_nan_and_tensors(name, key, value):
     """One rule (errors.is_number / is_int) for every head: a bool, text, NaN or a tensor is a MethodError
     naming the head, never a TypeError from a comparison or from the arithmetic, nor a silent 1 (True)."""
-    with pytest.raises(MethodError, match=rf"^{re.escape(name)}: "):
+    with pytest.raises(MethodError, match=rf"^{re.escape(name)}: .*\b{key}\b") as err:
         create(name, **{key: value})
+    if not isinstance(value, torch.Tensor):  # the value as given, quoted if text ("got '1'", not "got 1")
+        assert repr(value) in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -384,7 +386,7 @@ def test_numeric_hyper_parameters_refuse_bools_text_nan_and_tensors(name, key, v
      ("soft-kmeans", "n_iter", 2.0), ("laplacianshot", "knn", 3.0)],
 )  # fmt: skip
 def test_integer_hyper_parameters_refuse_floats(name, key, value):
-    with pytest.raises(MethodError, match=rf"^{re.escape(name)}: "):
+    with pytest.raises(MethodError, match=rf"^{re.escape(name)}: .*\b{key}\b.*{value}"):
         create(name, **{key: value})
 
 

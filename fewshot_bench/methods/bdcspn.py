@@ -65,7 +65,7 @@ class BDCSPN(FewShotMethod):
 
     def _check_params(self) -> None:
         if not (is_number(self.temperature) and self.temperature > 0):
-            raise MethodError(f"bdcspn: temperature must be > 0, got {self.temperature}")
+            raise MethodError(f"bdcspn: temperature must be a number > 0, got {self.temperature!r}")
         if self.variant not in VARIANTS:
             raise MethodError(f"bdcspn: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.top_z is not None and not is_int(self.top_z, 0):

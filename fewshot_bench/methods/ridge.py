@@ -50,7 +50,7 @@ class RidgeHead(FewShotMethod):
 
     def _check_params(self) -> None:
         if not (is_number(self.alpha) and self.alpha > 0):
-            raise MethodError(f"ridge: alpha must be > 0, got {self.alpha}")
+            raise MethodError(f"ridge: alpha must be a number > 0, got {self.alpha!r}")
 
     def batch_scores(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
