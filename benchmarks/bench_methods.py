@@ -46,7 +46,8 @@ argmax predictions) are on those episodes. ``--threads`` (default 1) sets ``torc
 and, through threadpoolctl, the BLAS / OpenMP pools, for ours; ``--peer-threads`` (default:
 ``--threads``) the same for the peers, so that one run can also give each side its best count (the
 per-episode peers are fastest on one thread: their tiny ops gain nothing from a second one and pay
-OpenMP's start-up). ``--device cuda`` runs ours and the easyfsl peers on the GPU (timings synchronised; scikit-learn stays on the CPU).
+OpenMP's start-up). ``--device cuda`` runs ours and the easyfsl peers on the GPU (timings
+synchronised; scikit-learn stays on the CPU).
 
 Batched timings are the best of ``--repeats`` runs, per-episode ones of ``min(--repeats, 2)``; each
 contender is warmed up on a few episodes first, then a head's contenders are timed in turn, round after
@@ -275,13 +276,21 @@ def bench_shots(args: argparse.Namespace, feats: torch.Tensor, labels: np.ndarra
         return best
 
     def batched_job(score_fn, s, q, batch):
-        warm = lambda: batched(score_fn, s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab, batch)  # noqa: E731
-        return args.threads, warm, lambda: batched(score_fn, s, q, s_lab, batch), args.repeats
+        return (
+            args.threads,
+            lambda: batched(score_fn, s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab, batch),
+            lambda: batched(score_fn, s, q, s_lab, batch),
+            args.repeats,
+        )
 
     def peer_job(peer, s, q):
         """Timed on the first ``n_peer`` episodes (extrapolated linearly to all of them by the caller)."""
-        warm = lambda: peer(s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab[0])  # noqa: E731
-        return args.peer_threads, warm, lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]), min(args.repeats, 2)
+        return (
+            args.peer_threads,
+            lambda: peer(s[:WARMUP_EPISODES], q[:WARMUP_EPISODES], s_lab[0]),
+            lambda: peer(s[:n_peer], q[:n_peer], s_lab[0]),
+            min(args.repeats, 2),
+        )
 
     peer_note = "" if n_peer == args.episodes else f", timed on {n_peer} (extrapolated)"
     rows, checks = [row("(gather)", "index_select the episodes' features", t_gather)], []
