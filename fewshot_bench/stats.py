@@ -172,11 +172,15 @@ def paired_ttest(a, b, alternative: str = "two-sided") -> TestResult:
     ``ddof=1`` standard deviation, compared with a t distribution on ``n - 1`` degrees
     of freedom. ``alternative="greater"`` tests ``mean(a) > mean(b)``.
 
-    Degenerate cases, where scipy would return NaN: if every difference is zero the
-    runs are indistinguishable and the result is ``statistic=0.0, pvalue=1.0``; if the
-    differences are all equal and non-zero (``s_d = 0``), the statistic is ``±inf``
-    and the p-value 0.0 in the direction of the difference (1.0 against it). Fewer
-    than two episodes raise :class:`~fewshot_bench.errors.ConfigError`.
+    Degenerate cases, where scipy would return NaN or a rounding artefact: if every
+    difference is zero the runs are indistinguishable and the result is
+    ``statistic=0.0, pvalue=1.0``; if the differences are all equal and non-zero
+    (``s_d = 0``), the statistic is ``±inf`` and the p-value 0.0 in the direction of the
+    difference (1.0 against it). "Equal" is up to the rounding of ``a - b``
+    (:func:`_equal_differences`): accuracies ``k / (N*Q)`` that always differ by the same
+    count of queries give differences a few ulps apart, on which scipy returns a finite
+    ``t`` of ~1e15 (sometimes warning of catastrophic cancellation). Fewer than two episodes raise
+    :class:`~fewshot_bench.errors.ConfigError`.
     """
     alternative = _check_alternative(alternative)
     a, b = _paired(a, b)
@@ -185,12 +189,24 @@ def paired_ttest(a, b, alternative: str = "two-sided") -> TestResult:
     d = a - b
     if np.all(d == 0):
         return TestResult(0.0, 1.0)
-    if np.all(d == d[0]):
-        stat = math.copysign(math.inf, d[0])
-        wins = {"two-sided": True, "greater": d[0] > 0, "less": d[0] < 0}[alternative]
+    if _equal_differences(a, b, d):
+        stat = math.copysign(math.inf, d.mean())
+        wins = {"two-sided": True, "greater": stat > 0, "less": stat < 0}[alternative]
         return TestResult(stat, 0.0 if wins else 1.0)
     res = scipy.stats.ttest_rel(a, b, alternative=alternative)
     return TestResult(float(res.statistic), float(res.pvalue))
+
+
+def _equal_differences(a: np.ndarray, b: np.ndarray, d: np.ndarray) -> bool:
+    """Whether the differences ``d = a - b`` are one value up to their rounding (``s_d`` is then noise).
+
+    If ``a_i``, ``b_i`` are themselves rounded (e.g. ``k / 75``), each computed ``d_i`` is within
+    ``eps/2 (|a_i| + |b_i| + |d_i|) <= 2 eps max(|a|, |b|)`` of the exact difference, so two of them
+    can be ``4 eps max(|a|, |b|)`` apart: ``max(d) - min(d) <= 4 eps max(|a|, |b|)``. Exactly equal
+    differences pass; accuracies (steps of ``1 / (N*Q)``) that truly differ are ~10^13 times further apart.
+    """
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))))
+    return bool(np.ptp(d) <= 4 * np.finfo(d.dtype).eps * scale)
 
 
 def wilcoxon(a, b, alternative: str = "two-sided", zero_method: str = "wilcox") -> TestResult:

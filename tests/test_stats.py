@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -539,3 +540,51 @@ def test_paired_ttest_constant_difference_is_exactly_infinite():
     assert stats.paired_ttest(a, b) == (math.inf, 0.0)
     assert stats.paired_ttest(b, a) == (-math.inf, 0.0)
     assert stats.paired_ttest(b, a, alternative="greater") == (-math.inf, 1.0)
+
+
+
+EPS = float(np.finfo(float).eps)
+
+
+@pytest.mark.parametrize("k", [np.arange(10, 60, 7), np.arange(0, 75), np.array([3, 30, 45, 60, 70])])
+def test_paired_ttest_differences_equal_up_to_rounding_are_constant(k):
+    # 5-way 15-query accuracies k / 75 where b always gets exactly one more query right: the differences
+    # are all 1/75 mathematically, a few ulps apart as floats; scipy returns t ~ 1e15 (a rounding
+    # artefact, sometimes with a precision-loss warning); the difference is constant: t = -inf, p = 0
+    a, b = k / 75, (k + 1) / 75
+    assert len(set(a - b)) > 1  # not bit-equal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert 1e13 < abs(scipy.stats.ttest_rel(a, b).statistic) < math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert stats.paired_ttest(a, b) == (-math.inf, 0.0)
+        assert stats.paired_ttest(a, b, alternative="less") == (-math.inf, 0.0)
+        assert stats.paired_ttest(a, b, alternative="greater") == (-math.inf, 1.0)
+        assert stats.paired_ttest(b, a, alternative="greater") == (math.inf, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "constant"),
+    [  # spread of d against 4 eps max(|a|, |b|) (= 4 eps here, eps = 2^-52): at the bound, past it
+        ([1.0, 1.0 - 4 * EPS], [0.0, 0.0], True),
+        ([1.0, 1.0 - 4.5 * EPS], [0.0, 0.0], False),
+        ([0.0, 0.0], [-1.0, -1.0 + 4 * EPS], True),  # the scale from b
+        ([0.0, 0.0], [-1.0, -1.0 + 4.5 * EPS], False),
+        ([0.5, 0.5 - 4 * EPS], [-1.0, -1.0], True),  # the larger of |a|, |b|
+        ([1.0, 1.0 - 4 * EPS], [-0.5, -0.5], True),
+    ],
+)
+def test_paired_ttest_equal_up_to_rounding_boundary(a, b, constant):
+    a, b = np.array(a), np.array(b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's precision-loss warning, past the bound
+        r = stats.paired_ttest(a, b)
+    if constant:
+        assert r == (math.copysign(math.inf, (a - b).mean()), 0.0)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = scipy.stats.ttest_rel(a, b)
+        assert math.isfinite(r.statistic) and abs(r.statistic) > 1e13
+        assert r == pytest.approx((float(ref.statistic), float(ref.pvalue)), rel=1e-12)
