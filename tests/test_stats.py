@@ -573,6 +573,9 @@ def test_paired_ttest_differences_equal_up_to_rounding_are_constant(k):
         ([0.0, 0.0], [-1.0, -1.0 + 4.5 * EPS], False),
         ([0.5, 0.5 - 4 * EPS], [-1.0, -1.0], True),  # the larger of |a|, |b|
         ([1.0, 1.0 - 4 * EPS], [-0.5, -0.5], True),
+        ([-1.0, -1.0 + 4 * EPS], [0.5, 0.5], True),  # |a|, not a
+        ([0.5, 0.5 - 2 * EPS], [0.0, 0.0], True),  # the bound scales with max(|a|, |b|) = 0.5: 2 eps
+        ([0.5, 0.5 - 2.25 * EPS], [0.0, 0.0], False),
     ],
 )
 def test_paired_ttest_equal_up_to_rounding_boundary(a, b, constant):
