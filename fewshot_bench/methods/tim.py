@@ -240,11 +240,11 @@ class TIM(FewShotMethod):
         name = self.name
         for key in ("temperature", "lr"):
             value = getattr(self, key)
-            if not (is_number(value) and 0 < value < math.inf):
+            if not (is_number(value, finite=True) and value > 0):
                 raise MethodError(f"{name}: {key} must be a finite number > 0, got {value!r}")
         for key in ("ce_weight", "marginal_weight", "conditional_weight"):
             value = getattr(self, key)
-            if not (is_number(value) and 0 <= value < math.inf):
+            if not (is_number(value, finite=True) and value >= 0):
                 raise MethodError(f"{name}: {key} must be a finite number >= 0, got {value!r}")
         if not is_int(self.iterations, 0):
             raise MethodError(f"{name}: iterations must be an integer >= 0, got {self.iterations!r}")
@@ -323,7 +323,7 @@ class AlphaTIM(TIM):
     def _check_params(self) -> None:
         super()._check_params()
         a = self.alpha
-        if a is not None and not (is_number(a) and 0 < a < math.inf and a != 1):
+        if a is not None and not (is_number(a, finite=True) and a > 0 and a != 1):
             raise MethodError(
                 "alpha-tim: alpha must be a finite number > 0 and != 1 "
                 "(or None: 2 for 1-shot, 7 for 5+ shots), "

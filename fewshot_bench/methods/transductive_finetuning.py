@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +218,7 @@ class TransductiveFinetuning(FewShotMethod):
     def _check_params(self) -> None:
         for key, low in (("lr", "> 0"), ("temperature", "> 0"), ("entropy_weight", ">= 0")):
             value = getattr(self, key)
-            if not (is_number(value) and (value > 0 if low == "> 0" else value >= 0) and value < math.inf):
+            if not (is_number(value, finite=True) and (value > 0 if low == "> 0" else value >= 0)):
                 raise MethodError(f"{self.name}: {key} must be a finite number {low}, got {value!r}")
         if not is_int(self.epochs, 0):
             raise MethodError(f"{self.name}: epochs must be an integer >= 0, got {self.epochs!r}")
