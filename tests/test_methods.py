@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 import re
 from pathlib import Path
 
@@ -411,3 +412,16 @@ def test_numpy_hyper_parameters_are_numbers():
             create(name, **np_kw).scores(support, labels, query), create(name, **kw).scores(support, labels, query),
             rtol=0, atol=0,
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "message"),
+    [("tim", "temperature", "tim: temperature must be a finite number > 0, got inf"),
+     ("tim", "ce_weight", "tim: ce_weight must be a finite number >= 0, got inf"),
+     ("transductive-ft", "lr", "transductive-ft: lr must be a finite number > 0, got inf"),
+     ("transductive-ft", "entropy_weight", "transductive-ft: entropy_weight must be a finite number >= 0, got inf"),
+     ("alpha-tim", "alpha", "alpha-tim: alpha must be a finite number > 0 and != 1")],
+)  # fmt: skip
+def test_finite_hyper_parameters_refuse_infinity(name, key, message):
+    with pytest.raises(MethodError, match=f"^{re.escape(message)}"):
+        create(name, **{key: math.inf})
